@@ -1,0 +1,3 @@
+"""radfusion: deep, handcrafted and hybrid radiomics for neuro-oncology."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Cohort reading, validation, synthetic data, preprocessing and the Lightning datamodule."""

@@ -1,0 +1,241 @@
+"""The Lightning datamodule: cohort → (cached) radiomics + ROI tensors → split → fitted transforms.
+
+Batches are dictionaries::
+
+    {"subject_id": [B] str, "labels": (B, T) float, "label_mask": (B, T) float,
+     "image": (B, C, S, S, S) float (deep/hybrid), "radiomics": (B, F) float (handcrafted/hybrid)}
+
+``labels[:, t]`` is 0 where unknown and ``label_mask[:, t]`` says which entries count.
+
+Leakage rules enforced here: splits are subject-level; the radiomics pipeline (imputer, variance
+filter, scaler) is fitted on the training subjects only (:attr:`fitted_on` records them); the
+test split is never used for any choice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from monai.transforms import Compose, RandFlip, RandScaleIntensity, RandShiftIntensity
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from radfusion.data.cohort import Cohort, CohortError, load_cohort, validate_cohort
+from radfusion.data.roi import ROISettings, build_roi_cache
+from radfusion.data.splits import SPLITS, load_or_make_splits
+from radfusion.radiomics.extract import extract_cohort
+from radfusion.radiomics.processing import feature_matrix, make_feature_pipeline
+from radfusion.radiomics.settings import FeatureSettings
+
+log = logging.getLogger(__name__)
+
+
+def _plain(cfg):
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+class SubjectDataset(Dataset):
+    """One item per subject; ROI tensors are read from their cached ``.npy`` on access."""
+
+    def __init__(self, ids: list[str], labels: np.ndarray, radiomics: np.ndarray | None = None,
+                 roi_paths: list[Path] | None = None, transform=None) -> None:
+        self.ids = ids
+        self.labels = labels
+        self.radiomics = radiomics
+        self.roi_paths = roi_paths
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        lab = self.labels[i]
+        item = {
+            "subject_id": self.ids[i],
+            "labels": torch.from_numpy(np.nan_to_num(lab, nan=0.0)).float(),
+            "label_mask": torch.from_numpy(~np.isnan(lab)).float(),
+        }
+        if self.radiomics is not None:
+            item["radiomics"] = torch.from_numpy(self.radiomics[i]).float()
+        if self.roi_paths is not None:
+            image = torch.from_numpy(np.load(self.roi_paths[i]).astype(np.float32))
+            item["image"] = self.transform(image) if self.transform else image
+            item["image"] = torch.as_tensor(item["image"]).float()
+        return item
+
+
+class RadFusionDataModule(pl.LightningDataModule):
+    """Cohort, features and splits for one experiment.
+
+    Args:
+        cohort: ``{source: synthetic|manifest|brats2021, path, clinical, label_convention,
+            skip_invalid, geometry_tolerance}``.
+        synthetic: generator settings used when ``cohort.source == synthetic``.
+        features: PyRadiomics / habitat settings (see :class:`FeatureSettings`).
+        roi: ROI settings (see :class:`ROISettings`).
+        targets: marker columns to predict (``idh``, ``mgmt``, ``codeletion``).
+        split: ``{val_fraction, test_fraction, seed}``.
+        use_images, use_radiomics: which inputs the model needs (set from the model's mode).
+    """
+
+    def __init__(
+        self,
+        cohort: dict,
+        features: dict,
+        roi: dict,
+        cache_dir: str,
+        splits_dir: str,
+        synthetic: dict | None = None,
+        targets: Sequence[str] = ("idh",),
+        split: dict | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        n_jobs: int = 1,
+        augment: bool = True,
+        use_images: bool = True,
+        use_radiomics: bool = True,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        self.cohort_cfg = _plain(cohort)
+        self.synthetic_cfg = _plain(synthetic)
+        self.feature_settings = FeatureSettings.from_config(_plain(features))
+        roi_cfg = _plain(roi)
+        roi_cfg["sequences"] = tuple(roi_cfg.get("sequences", ROISettings.sequences))
+        self.roi_settings = ROISettings(**roi_cfg)
+        self.cache_dir = Path(cache_dir)
+        self.splits_dir = Path(splits_dir)
+        self.targets = list(targets)
+        self.split_cfg = {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, **(_plain(split) or {})}
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.n_jobs = n_jobs
+        self.augment = augment
+        self.use_images = use_images
+        self.use_radiomics = use_radiomics
+        self.progress = progress
+        self._ready = False
+
+    # ------------------------------------------------------------------ preparation
+    def load_cohort(self) -> Cohort:
+        c = self.cohort_cfg
+        path = c["path"]
+        if c["source"] == "synthetic":
+            from radfusion.data.synthetic import generate_cohort
+
+            syn = dict(self.synthetic_cfg or {})
+            if "shape" in syn:
+                syn["shape"] = tuple(syn["shape"])
+            path = generate_cohort(path, progress=self.progress, **syn)
+            source = "manifest"
+        else:
+            source = c["source"]
+        cohort = load_cohort(source, path, c.get("clinical"), c.get("label_convention", "brats2021"))
+        return validate_cohort(cohort, tolerance=c.get("geometry_tolerance", 1e-3),
+                               skip_invalid=c.get("skip_invalid", False), min_subjects=2)
+
+    def prepare_data(self) -> None:
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Generate / validate the cohort and fill the feature and ROI caches (idempotent)."""
+        if self._ready:
+            return
+        self.cohort = self.load_cohort()
+        failures: dict[str, str] = {}
+        if self.use_radiomics:
+            self.features = extract_cohort(self.cohort, self.feature_settings, self.cache_dir / "features",
+                                           n_jobs=self.n_jobs, progress=self.progress)
+            failures.update(self.features.attrs.get("failures", {}))
+        if self.use_images:
+            self.roi_paths, roi_failures = build_roi_cache(self.cohort, self.roi_settings, self.cache_dir,
+                                                           n_jobs=self.n_jobs, progress=self.progress)
+            failures.update(roi_failures)
+        if failures:
+            log.warning("%d subject(s) excluded after failures: %s", len(failures),
+                        "; ".join(f"{k}: {v}" for k, v in sorted(failures.items())))
+        self.failures = failures
+        self.ids = [s for s in self.cohort.ids if s not in failures]
+        self._ready = True
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "splits"):
+            return
+        self._prepare()
+        clinical = self.cohort.clinical
+        missing = [t for t in self.targets if t not in clinical.columns]
+        if missing:
+            raise CohortError(f"target column(s) {missing} not in the clinical table")
+        self.labels = clinical.loc[self.ids, self.targets].to_numpy(dtype=np.float64)
+        self.splits, self.splits_file = load_or_make_splits(
+            self.splits_dir, self.ids, self.labels[:, 0], self.split_cfg["val_fraction"],
+            self.split_cfg["test_fraction"], self.split_cfg["seed"])
+        self._check_splits()
+        if self.use_radiomics:
+            self.feature_pipeline = make_feature_pipeline()
+            train_ids = self.splits["train"]
+            self.feature_pipeline.fit(feature_matrix(self.features, train_ids))
+            self.fitted_on = list(train_ids)
+            self.feature_names_in = list(self.features.columns)
+            self.radiomics = {s: self.feature_pipeline.transform(feature_matrix(self.features, ids))
+                              for s, ids in self.splits.items()}
+            self.radiomics_dim = int(self.radiomics["train"].shape[1])
+            log.info("radiomics: %d raw features → %d after in-fold processing",
+                     len(self.feature_names_in), self.radiomics_dim)
+        else:
+            self.radiomics_dim = 0
+
+    def _check_splits(self) -> None:
+        index = {s: i for i, s in enumerate(self.ids)}
+        for name in SPLITS:
+            unknown = set(self.splits[name]) - set(index)
+            if unknown:
+                raise CohortError(f"splits file {self.splits_file} names subjects not in the cohort "
+                                  f"(e.g. {sorted(unknown)[:3]}); delete it to re-split")
+            y = self.labels[[index[s] for s in self.splits[name]], 0]
+            y = y[~np.isnan(y)]
+            if name != "train" and (len(y) == 0 or len(np.unique(y)) < 2):
+                raise CohortError(
+                    f"too small a cohort: the {name} split has {len(y)} labelled subjects for "
+                    f"{self.targets[0]!r} and needs both classes; add subjects or change the split fractions")
+
+    def _dataset(self, split: str, augment: bool) -> SubjectDataset:
+        ids = self.splits[split]
+        index = {s: i for i, s in enumerate(self.ids)}
+        transform = None
+        if augment:
+            # Left-right flips only: hemispheres are (nearly) symmetric, front/back is not.
+            transform = Compose([RandFlip(prob=0.5, spatial_axis=2), RandScaleIntensity(0.1, prob=0.5),
+                                 RandShiftIntensity(0.1, prob=0.5)])
+        return SubjectDataset(
+            ids, self.labels[[index[s] for s in ids]],
+            radiomics=self.radiomics[split] if self.use_radiomics else None,
+            roi_paths=[self.roi_paths[s] for s in ids] if self.use_images else None,
+            transform=transform,
+        )
+
+    def _loader(self, split: str, shuffle: bool, augment: bool) -> DataLoader:
+        dataset = self._dataset(split, augment)
+        # A last training batch of one subject makes BatchNorm statistics meaningless: drop it.
+        drop_last = shuffle and len(dataset) % self.batch_size == 1 and len(dataset) > self.batch_size
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True, augment=self.augment and self.use_images)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False, augment=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False, augment=False)
+
+    def split_dataloader(self, split: str) -> DataLoader:
+        """Un-augmented, unshuffled loader of any split (for writing predictions)."""
+        return self._loader(split, shuffle=False, augment=False)

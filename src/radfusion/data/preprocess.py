@@ -1,0 +1,195 @@
+"""Image preprocessing shared by the radiomics and the deep branch.
+
+Every subject goes through the same steps, in this order:
+
+1. read each sequence and the segmentation once (errors name subject and file);
+2. check that every sequence lies on the segmentation's grid (size, spacing, origin, direction);
+3. z-score each sequence with the mean/SD of its *brain* voxels on the native grid (BraTS images
+   are skull-stripped, so brain = non-zero), times ``scale``; the background stays 0;
+4. resample to isotropic ``spacing`` mm (B-spline for images, nearest neighbour for labels).
+
+Normalising before resampling keeps the statistics free of interpolation artefacts (B-spline
+ringing at the skull-stripping edge would otherwise leak into the "brain" mask).
+
+Array conventions: numpy arrays from SimpleITK are indexed ``(z, y, x)``; :func:`bounding_box`
+returns slices in that order and :func:`crop` translates them to SimpleITK's ``(x, y, z)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from radfusion.data.cohort import SEQUENCES, CohortError, Subject, _geometry_problem, read_image
+
+#: Image/mask geometry tolerance (mm for spacing/origin, unitless for direction cosines); the same
+#: default as :func:`radfusion.data.cohort.validate_subject`.
+GEOMETRY_TOLERANCE: float = 1e-3
+
+
+def _same_spacing(img: sitk.Image, spacing: float) -> bool:
+    return bool(np.allclose(img.GetSpacing(), spacing, rtol=0.0, atol=1e-6))
+
+
+def resample_to_spacing(img: sitk.Image, spacing: float | None, is_label: bool) -> sitk.Image:
+    """Resample ``img`` to isotropic voxels of ``spacing`` mm.
+
+    The first voxel centre (origin) and the direction are kept; the size is chosen so that the
+    physical extent is preserved (rounded to whole voxels). ``spacing=None`` or an image already at
+    that spacing is returned unchanged.
+
+    Args:
+        img: a 3D image.
+        spacing: target voxel size in mm, or None to keep the native grid.
+        is_label: nearest-neighbour interpolation (labels) instead of 3rd-order B-spline (intensities).
+    """
+    if spacing is None or _same_spacing(img, spacing):
+        return img
+    if spacing <= 0:
+        raise ValueError(f"spacing must be positive (mm), got {spacing}")
+    old_spacing = np.asarray(img.GetSpacing(), dtype=float)
+    old_size = np.asarray(img.GetSize(), dtype=float)
+    new_size = [max(1, int(round(n))) for n in old_size * old_spacing / spacing]
+    interpolator = sitk.sitkNearestNeighbor if is_label else sitk.sitkBSpline
+    return sitk.Resample(
+        img, new_size, sitk.Transform(), interpolator, img.GetOrigin(),
+        (float(spacing),) * img.GetDimension(), img.GetDirection(), 0, img.GetPixelID(),
+    )
+
+
+def zscore_in_brain(img: sitk.Image, brain: np.ndarray | None = None, scale: float = 1.0) -> sitk.Image:
+    """Z-score intensities with the mean and SD of the brain voxels; background set to 0.
+
+    Args:
+        img: a (skull-stripped) MR image.
+        brain: boolean array in numpy ``(z, y, x)`` order; default ``image != 0``.
+        scale: multiplier applied after z-scoring (100 puts 1 SD at 100 grey levels, so PyRadiomics'
+            ``binWidth: 25`` means bins of a quarter SD).
+
+    Returns:
+        A float32 image with the geometry of ``img``.
+    """
+    arr = sitk.GetArrayFromImage(img).astype(np.float64)
+    if brain is None:
+        brain = arr != 0
+    elif brain.shape != arr.shape:
+        raise ValueError(f"brain mask shape {brain.shape} != image shape {arr.shape}")
+    out = np.zeros(arr.shape, dtype=np.float32)
+    if brain.any():
+        values = arr[brain]
+        sd = float(values.std())
+        # A constant brain (sd = 0) would divide by zero; centring alone is the honest answer.
+        out[brain] = ((values - values.mean()) / (sd if sd > 0 else 1.0) * scale).astype(np.float32)
+    result = sitk.GetImageFromArray(out)
+    result.CopyInformation(img)
+    return result
+
+
+def load_preprocessed(
+    subject: Subject,
+    spacing: float | None = 1.0,
+    normalize: str = "zscore",
+    scale: float = 100.0,
+    sequences: Sequence[str] = SEQUENCES,
+) -> tuple[dict[str, sitk.Image], sitk.Image | None]:
+    """Read, check, normalise and resample one subject.
+
+    Each file is read exactly once. Sequences and segmentation must share one grid (within
+    :data:`GEOMETRY_TOLERANCE`); otherwise a :class:`CohortError` names the subject and both files.
+
+    Args:
+        subject: the subject to load.
+        spacing: target isotropic voxel size in mm (None keeps the native grid).
+        normalize: ``"zscore"`` (in-brain z-score × ``scale``) or ``"none"``.
+        scale: multiplier after z-scoring (ignored for ``"none"``).
+        sequences: which sequences to load, in this order.
+
+    Returns:
+        ``(images, seg)``: float32 images per sequence (``"none"`` keeps the file's pixel type) and
+        the resampled label image (None if the subject has no segmentation).
+    """
+    if normalize not in ("zscore", "none"):
+        raise ValueError(f"normalize must be 'zscore' or 'none', got {normalize!r}")
+    sid = subject.subject_id
+    missing = [s for s in sequences if s not in subject.images]
+    if missing:
+        raise CohortError(f"subject {sid}: missing sequence(s) {missing}")
+
+    seg = read_image(subject.seg, sid) if subject.seg is not None else None
+    ref, ref_path = seg, subject.seg
+    images: dict[str, sitk.Image] = {}
+    for seq in sequences:
+        path = subject.images[seq]
+        img = read_image(path, sid)
+        if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
+            raise CohortError(f"subject {sid}: {path} is not a 3D scalar image (dimension "
+                              f"{img.GetDimension()}, {img.GetNumberOfComponentsPerPixel()} components)")
+        if ref is None:
+            ref, ref_path = img, path
+        else:
+            problem = _geometry_problem(ref, img, GEOMETRY_TOLERANCE)
+            if problem:
+                raise CohortError(
+                    f"subject {sid}: geometry mismatch between {path} and {ref_path}: {problem}. "
+                    "Resample the image onto the mask grid (or fix the header) and rerun."
+                )
+            # Headers equal within tolerance but not bit-identical would make later sitk filters
+            # (and PyRadiomics' checkMask) complain; one grid for all removes that class of error.
+            img.CopyInformation(ref)
+        arr = sitk.GetArrayViewFromImage(img)
+        if not np.all(np.isfinite(arr)):
+            raise CohortError(f"subject {sid}: {path} contains NaN or infinite intensities")
+        if normalize == "zscore":
+            brain = arr != 0
+            img = zscore_in_brain(img, brain, scale)
+            img = resample_to_spacing(img, spacing, is_label=False)
+            if spacing is not None:
+                # Restore an exactly-zero background after B-spline ringing at the brain edge.
+                brain_img = sitk.GetImageFromArray(brain.astype(np.uint8))
+                brain_img.CopyInformation(ref)
+                img = sitk.Mask(img, resample_to_spacing(brain_img, spacing, is_label=True))
+        else:
+            img = resample_to_spacing(img, spacing, is_label=False)
+        images[seq] = img
+
+    if seg is not None:
+        seg = resample_to_spacing(seg, spacing, is_label=True)
+    return images, seg
+
+
+def bounding_box(mask: np.ndarray, padding: int = 0) -> tuple[slice, ...]:
+    """Tight bounding box of the non-zero voxels of ``mask``, grown by ``padding`` voxels per side.
+
+    Args:
+        mask: array of any dimension (numpy order, e.g. ``(z, y, x)``).
+        padding: voxels added on every side, clipped to the array.
+
+    Returns:
+        One slice per axis, in the array's axis order.
+
+    Raises:
+        ValueError: if ``mask`` has no non-zero voxel.
+    """
+    if padding < 0:
+        raise ValueError(f"padding must be >= 0 voxels, got {padding}")
+    nonzero = np.nonzero(mask)
+    if len(nonzero[0]) == 0:
+        raise ValueError("bounding_box of an empty mask")
+    return tuple(
+        slice(max(int(idx.min()) - padding, 0), min(int(idx.max()) + 1 + padding, n))
+        for idx, n in zip(nonzero, mask.shape, strict=True)
+    )
+
+
+def crop(img: sitk.Image, box: Sequence[slice]) -> sitk.Image:
+    """Crop ``img`` to ``box`` (slices in numpy axis order, as from :func:`bounding_box`).
+
+    SimpleITK's slicing moves the origin to the first kept voxel, so physical positions (and
+    hence any later resampling or overlay) stay correct.
+    """
+    if len(box) != img.GetDimension():
+        raise ValueError(f"box has {len(box)} axes, image has {img.GetDimension()}")
+    # numpy (z, y, x) -> SimpleITK (x, y, z)
+    return img[tuple(reversed(tuple(box)))]

@@ -1,0 +1,130 @@
+"""Tumour-centred ROI tensors for the CNN branch, cached on disk once per subject.
+
+Per subject: load the four sequences once (resampled, z-scored in the brain), cut a cube around
+the whole-tumour bounding box (plus a relative margin, zero-padded outside the volume) and resize
+it to ``size³`` voxels. Resizing makes every tumour the same size on the CNN's input, so absolute
+volume is *not* visible to the deep branch; the handcrafted shape features carry it. That is
+intended: the two branches should see different things for fusion to matter.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
+
+from radfusion.cache import atomic_save_npy, files_sha1, settings_hash
+from radfusion.data.cohort import SEQUENCES, Cohort, CohortError, Subject
+from radfusion.data.habitats import habitat_mask
+from radfusion.data.preprocess import load_preprocessed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ROISettings:
+    """How ROI tensors are made.
+
+    Attributes:
+        size: edge of the output cube in voxels (48 on CPU, 96–128 on GPU).
+        spacing: isotropic resampling before cropping, mm (None keeps native).
+        margin: cube edge = largest tumour extent × (1 + 2·margin).
+        min_extent_mm: lower bound of the cube edge, mm (tiny tumours keep some context).
+        sequences: channel order.
+    """
+
+    size: int = 48
+    spacing: float | None = 1.0
+    margin: float = 0.15
+    min_extent_mm: float = 24.0
+    sequences: tuple[str, ...] = SEQUENCES
+
+    def key(self) -> str:
+        return settings_hash(asdict(self))
+
+
+def _cube_slices(center: np.ndarray, edge: int, shape: tuple[int, ...]):
+    """Source/destination slices of a cube of ``edge`` voxels centred at ``center``, clipped to ``shape``."""
+    src, dst = [], []
+    for c, n in zip(center, shape):
+        lo = int(round(c - edge / 2))
+        hi = lo + edge
+        src.append(slice(max(lo, 0), min(hi, n)))
+        dst.append(slice(max(lo, 0) - lo, edge - (hi - min(hi, n))))
+    return tuple(src), tuple(dst)
+
+
+def build_roi(subject: Subject, settings: ROISettings, label_convention) -> np.ndarray:
+    """ROI tensor of one subject: ``(len(sequences), size, size, size)`` float16, z-scored intensities."""
+    images, seg = load_preprocessed(subject, spacing=settings.spacing, normalize="zscore", scale=1.0,
+                                    sequences=settings.sequences)
+    if seg is None:
+        raise CohortError(f"subject {subject.subject_id}: no segmentation; the ROI needs a tumour mask")
+    seg_arr = sitk.GetArrayFromImage(seg)
+    wt = habitat_mask(seg_arr, "WT", label_convention)
+    spacing = np.array(seg.GetSpacing()[::-1])  # numpy order (z, y, x)
+    if wt.any():
+        idx = np.argwhere(wt)
+        lo, hi = idx.min(0), idx.max(0) + 1
+    else:
+        log.warning("subject %s: empty whole-tumour mask (%s); ROI centred on the brain",
+                    subject.subject_id, subject.seg)
+        brain = sitk.GetArrayViewFromImage(images[settings.sequences[0]]) != 0
+        idx = np.argwhere(brain) if brain.any() else np.argwhere(np.ones_like(brain))
+        lo, hi = idx.min(0), idx.max(0) + 1
+        hi = lo + np.maximum((hi - lo) // 3, 1)
+    extent_mm = float(np.max((hi - lo) * spacing)) * (1 + 2 * settings.margin)
+    extent_mm = max(extent_mm, settings.min_extent_mm)
+    # An isotropic cube in mm; after 1 mm resampling this is a voxel cube.
+    edge = int(np.ceil(extent_mm / float(spacing.min())))
+    center = (lo + hi) / 2.0
+    src, dst = _cube_slices(center, edge, seg_arr.shape)
+    cube = np.zeros((len(settings.sequences), edge, edge, edge), dtype=np.float32)
+    for c, seq in enumerate(settings.sequences):
+        cube[c][dst] = sitk.GetArrayViewFromImage(images[seq])[src]
+    tensor = torch.from_numpy(cube)[None]
+    resized = torch.nn.functional.interpolate(tensor, size=(settings.size,) * 3, mode="trilinear",
+                                              align_corners=False)[0]
+    return resized.numpy().astype(np.float16)
+
+
+def roi_cache_path(subject: Subject, settings: ROISettings, cache_dir: str | Path) -> Path:
+    checksum = files_sha1([subject.images[s] for s in settings.sequences] + [subject.seg])
+    return Path(cache_dir) / "rois" / settings.key() / f"{subject.subject_id}-{checksum[:12]}.npy"
+
+
+def _cached_roi(subject: Subject, settings: ROISettings, label_convention, cache_dir: Path) -> tuple[str, str | None, str | None]:
+    try:
+        path = roi_cache_path(subject, settings, cache_dir)
+        if not path.exists():
+            atomic_save_npy(path, build_roi(subject, settings, label_convention))
+        return subject.subject_id, str(path), None
+    except (CohortError, OSError, RuntimeError) as err:
+        return subject.subject_id, None, f"{type(err).__name__}: {err}"
+
+
+def build_roi_cache(cohort: Cohort, settings: ROISettings, cache_dir: str | Path, n_jobs: int = 1,
+                    progress: bool = True) -> tuple[dict[str, Path], dict[str, str]]:
+    """Make (or reuse) every subject's ROI file.
+
+    Returns ``(paths, failures)``: ROI path per subject id, and an error message per failed
+    subject. Failures never stop the others; callers decide whether to continue without them.
+    """
+    cache_dir = Path(cache_dir)
+    jobs = (delayed(_cached_roi)(s, settings, cohort.label_convention, cache_dir) for s in cohort.subjects)
+    runner = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
+    results = tqdm(runner(jobs), total=len(cohort), desc="ROI tensors", disable=not progress)
+    paths, failures = {}, {}
+    for sid, path, error in results:
+        if error is None:
+            paths[sid] = Path(path)
+        else:
+            failures[sid] = error
+            log.error("ROI failed for subject %s: %s", sid, error)
+    return paths, failures

@@ -1,0 +1,1 @@
+"""Metrics and run comparison read from ``predictions.csv`` files."""

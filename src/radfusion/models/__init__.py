@@ -1,0 +1,1 @@
+"""Encoders, radiomics branch, fusion and the LightningModule."""

@@ -1,0 +1,1 @@
+"""Habitat radiomics with PyRadiomics."""

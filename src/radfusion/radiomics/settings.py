@@ -1,0 +1,144 @@
+"""Settings of habitat radiomics: preprocessing + PyRadiomics parameters, and their cache key.
+
+The PyRadiomics part is an ordinary PyRadiomics parameter dict
+(``{"setting": {...}, "imageType": {...}, "featureClass": {...}}``) or a user's PyRadiomics YAML file,
+so anything PyRadiomics documents can be passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from radfusion.data.cohort import SEQUENCES
+from radfusion.data.habitats import HABITATS
+
+#: Bump when the meaning of cached features changes (column naming, preprocessing, empty handling).
+FEATURE_SCHEMA_VERSION = 1
+
+#: Default PyRadiomics parameters for MRI z-scored in the brain and multiplied by 100
+#: (see :func:`radfusion.data.preprocess.zscore_in_brain`).
+DEFAULT_PYRADIOMICS_PARAMS: dict[str, Any] = {
+    "setting": {
+        # Fixed bin width (PyRadiomics' recommendation over bin count): 25 grey levels = 0.25 SD.
+        "binWidth": 25,
+        # Features are computed on masks we build with 1 inside.
+        "label": 1,
+        # Diagnostics (versions, hashes, settings) are dropped anyway; not computing them is faster.
+        "additionalInfo": False,
+        # Our preprocessing already normalised and resampled the whole brain. PyRadiomics'
+        # own normalize/resampling would act on the cropped region only, so they stay off.
+        "normalize": False,
+        # Firstorder Energy/TotalEnergy square (x + shift); with z-scores x100 a shift of 300 (3 SD)
+        # keeps almost every voxel positive, as PyRadiomics advises for normalised images.
+        "voxelArrayShift": 300,
+    },
+    "imageType": {"Original": {}},
+    "featureClass": {
+        "shape": [],
+        "firstorder": [],
+        "glcm": [],
+        "glrlm": [],
+        "glszm": [],
+        "gldm": [],
+        "ngtdm": [],
+    },
+}
+
+#: Config keys that belong to neighbouring machinery (Hydra, scheduling) and are ignored here.
+_IGNORED_CONFIG_KEYS = {"backend", "scheduler", "cache_dir"}
+
+
+@dataclass
+class FeatureSettings:
+    """Everything that determines the habitat features of a subject.
+
+    Attributes:
+        params: PyRadiomics parameter dict (``setting``/``imageType``/``featureClass``); ignored when
+            ``params_file`` is given.
+        params_file: path of a PyRadiomics YAML/JSON parameter file, used as-is.
+        habitats: habitat names (see :mod:`radfusion.data.habitats`).
+        sequences: MRI sequences to extract from.
+        spacing: isotropic resampling in mm before extraction (None = native grid).
+        normalize: ``"zscore"`` (in-brain z-score × ``normalize_scale``) or ``"none"``.
+        normalize_scale: multiplier after z-scoring (grey levels per SD).
+        crop_padding: voxels of padding around the whole-tumour bounding box when cropping.
+        min_voxels: habitats with fewer voxels are treated as empty (features NaN, ``_empty = 1``).
+        n_jobs: parallel worker processes (does not change the features).
+    """
+
+    params: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_PYRADIOMICS_PARAMS))
+    params_file: str | None = None
+    habitats: list[str] = field(default_factory=lambda: list(HABITATS))
+    sequences: list[str] = field(default_factory=lambda: list(SEQUENCES))
+    spacing: float | None = 1.0
+    normalize: str = "zscore"
+    normalize_scale: float = 100.0
+    crop_padding: int = 5
+    min_voxels: int = 10
+    n_jobs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.normalize not in ("zscore", "none"):
+            raise ValueError(f"normalize must be 'zscore' or 'none', got {self.normalize!r}")
+        if self.params_file is not None and not Path(self.params_file).is_file():
+            raise FileNotFoundError(f"PyRadiomics parameter file {self.params_file} does not exist")
+        if self.crop_padding < 0 or self.min_voxels < 1:
+            raise ValueError(f"crop_padding must be >= 0 and min_voxels >= 1 "
+                             f"(got {self.crop_padding}, {self.min_voxels})")
+        self.habitats = list(self.habitats)
+        self.sequences = list(self.sequences)
+        if self.spacing is not None:
+            self.spacing = float(self.spacing)
+
+    @property
+    def pyradiomics_params(self) -> dict | str:
+        """What to hand to ``RadiomicsFeatureExtractor``: the file path if given, else the dict."""
+        return str(self.params_file) if self.params_file is not None else self.params
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> FeatureSettings:
+        """Build from a plain dict or an omegaconf ``DictConfig`` (e.g. Hydra's ``cfg.features``).
+
+        Unknown keys raise (a typo must not silently fall back to a default), except keys starting
+        with ``_`` (Hydra's ``_target_``) and those of neighbouring machinery (``backend``,
+        ``scheduler``, ``cache_dir``).
+        """
+        if cfg is None:
+            return cls()
+        if hasattr(cfg, "_metadata"):  # omegaconf container, without importing omegaconf here
+            from omegaconf import OmegaConf
+
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        cfg = dict(cfg)
+        known = set(cls.__dataclass_fields__)
+        kwargs = {k: v for k, v in cfg.items() if k in known}
+        unknown = sorted(k for k in cfg
+                         if k not in known and not k.startswith("_") and k not in _IGNORED_CONFIG_KEYS)
+        if unknown:
+            raise ValueError(f"unknown feature setting(s) {unknown}; known: {sorted(known)}")
+        if kwargs.get("params") is None:
+            kwargs.pop("params", None)
+        return cls(**kwargs)
+
+    def cache_key(self) -> str:
+        """SHA-1 hex of exactly what changes the features (not ``n_jobs``).
+
+        A parameter file enters by its content, not its path; the PyRadiomics version enters too,
+        since feature definitions have changed between releases.
+        """
+        import radiomics
+
+        state = asdict(self)
+        state.pop("n_jobs")
+        if self.params_file is not None:
+            state.pop("params")
+            state["params_file"] = hashlib.sha1(Path(self.params_file).read_bytes()).hexdigest()
+        state["pyradiomics"] = str(radiomics.__version__)
+        state["schema"] = FEATURE_SCHEMA_VERSION
+        blob = json.dumps(state, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha1(blob.encode()).hexdigest()

@@ -1,0 +1,1 @@
+"""The train pipeline called by the top-level ``train.py``."""

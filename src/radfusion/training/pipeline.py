@@ -1,0 +1,165 @@
+"""``train(cfg)``: build datamodule, model, callbacks, loggers and trainer from a Hydra config,
+fit, test, and write the run folder.
+
+A run folder (``cfg.paths.output_dir``) holds::
+
+    config_resolved.yaml   the fully resolved config (Hydra also keeps .hydra/)
+    checkpoints/           best (by the monitored validation metric) and last.ckpt
+    predictions.csv        one row per subject: split, fold, prob_<target>, label_<target>
+    metrics.json           test AUC (+95 % bootstrap CI) per target, best val AUC, counts, timings
+    roc.png                ROC curves of the test and validation splits
+    csv/, wandb/           logger output (W&B offline unless WANDB_MODE says otherwise)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from radfusion.data.splits import SPLITS
+from radfusion.evaluation.metrics import auc_with_ci
+from radfusion.evaluation.plots import plot_roc
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_list(cfg: DictConfig | None) -> list:
+    """Instantiate every entry of a config group that has a ``_target_`` (callbacks, loggers)."""
+    if not cfg:
+        return []
+    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def _predict(trainer: pl.Trainer, model: pl.LightningModule, dm, ckpt_path: str | None) -> pd.DataFrame:
+    """Probabilities for every subject of every split, from the selected checkpoint."""
+    if ckpt_path:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict(state)
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for split in SPLITS:
+            loader = dm.split_dataloader(split)
+            for batch in loader:
+                probs = torch.sigmoid(model(batch)).cpu().numpy()
+                labels = batch["labels"].numpy().copy()
+                labels[batch["label_mask"].numpy() == 0] = np.nan
+                for i, sid in enumerate(batch["subject_id"]):
+                    row = {"subject_id": sid, "split": split, "fold": 0}
+                    for t, name in enumerate(dm.targets):
+                        row[f"prob_{name}"] = float(probs[i, t])
+                        row[f"label_{name}"] = float(labels[i, t])
+                    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_run_outputs(out_dir: Path, predictions: pd.DataFrame, targets: list[str], extra: dict,
+                      n_boot: int = 2000) -> dict:
+    """predictions.csv, metrics.json (with bootstrap CIs) and roc.png from a predictions table."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predictions.to_csv(out_dir / "predictions.csv", index=False)
+    metrics = dict(extra)
+    for name in targets:
+        for split in ("val", "test"):
+            part = predictions[predictions["split"] == split]
+            res = auc_with_ci(part[f"label_{name}"], part[f"prob_{name}"], n_boot=n_boot)
+            for k, v in res.items():
+                metrics[f"{split}/auc_{name}" if k == "auc" else f"{split}/auc_{name}_{k}"] = v
+        curves = {s: (predictions.loc[predictions.split == s, f"label_{name}"],
+                      predictions.loc[predictions.split == s, f"prob_{name}"]) for s in ("test", "val")}
+        plot_roc(curves, out_dir / ("roc.png" if name == targets[0] else f"roc_{name}.png"),
+                 f"{extra.get('experiment', '')} — {name.upper()}")
+    test_aucs = [metrics[f"test/auc_{t}"] for t in targets if not math.isnan(metrics[f"test/auc_{t}"])]
+    metrics["test/auc"] = float(np.mean(test_aucs)) if test_aucs else float("nan")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    return metrics
+
+
+def train(cfg: DictConfig) -> tuple[dict, dict]:
+    """Train and test one model; return ``(metrics, objects)``."""
+    t0 = time.perf_counter()
+    os.environ.setdefault("WANDB_MODE", "offline")
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    torch.set_num_threads(max(1, int(cfg.get("threads") or torch.get_num_threads())))
+
+    mode = cfg.model.mode
+    log.info("building datamodule (mode=%s)", mode)
+    dm = instantiate(cfg.data, use_images=mode != "handcrafted", use_radiomics=mode != "deep")
+    dm.prepare_data()
+    dm.setup("fit")
+    t_data = time.perf_counter() - t0
+
+    model = instantiate(cfg.model, radiomics_dim=dm.radiomics_dim or None)
+    callbacks = _instantiate_list(cfg.get("callbacks"))
+    loggers = _instantiate_list(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    if cfg.get("train", True):
+        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not ckpt:
+        log.warning("no best checkpoint found; testing the current weights")
+    test_metrics = {}
+    if cfg.get("test", True):
+        test_metrics = trainer.test(model, datamodule=dm, ckpt_path=ckpt or None)[0]
+
+    predictions = _predict(trainer, model, dm, ckpt or None)
+    extra = {
+        "experiment": cfg.get("task_name"), "mode": mode, "targets": list(dm.targets),
+        "seed": cfg.get("seed"), "best_checkpoint": ckpt,
+        "val/auc_best": float(model.best_val_auc) if math.isfinite(model.best_val_auc) else None,
+        "n_subjects": {s: len(dm.splits[s]) for s in SPLITS}, "splits_file": str(dm.splits_file),
+        "n_radiomics_raw": len(getattr(dm, "feature_names_in", [])), "n_radiomics_model": dm.radiomics_dim,
+        "excluded_subjects": dm.failures, "epochs": trainer.current_epoch,
+        "seconds_data": round(t_data, 1), "seconds_total": round(time.perf_counter() - t0, 1),
+    }
+    metrics = write_run_outputs(out_dir, predictions, list(dm.targets), extra,
+                                n_boot=int(cfg.get("n_bootstrap", 2000)))
+    metrics.update({k: float(v) for k, v in test_metrics.items()})
+    for lg in loggers:
+        lg.log_metrics({k: v for k, v in metrics.items()
+                        if k.startswith("test/") and isinstance(v, float) and math.isfinite(v)})
+    name = dm.targets[0]
+    log.info("test AUC (%s, %s): %.3f [95%% CI %.3f–%.3f], n=%d — results in %s", name, mode,
+             metrics[f"test/auc_{name}"], metrics[f"test/auc_{name}_ci_low"],
+             metrics[f"test/auc_{name}_ci_high"], metrics[f"test/auc_{name}_n"], out_dir)
+    return metrics, {"cfg": cfg, "datamodule": dm, "model": model, "trainer": trainer}
+
+
+def run_task(task, cfg: DictConfig):
+    """Run ``task(cfg)`` and always close W&B, so one multirun process can hold many W&B runs."""
+    try:
+        return task(cfg)
+    finally:
+        try:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+        except ImportError:  # pragma: no cover - wandb is a core dependency
+            pass
+
+
+def optimized_value(metrics: dict, name: str | None) -> float | None:
+    """The metric a Hydra sweeper optimises; a clear error when the name is wrong."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric {name!r} not among the run's metrics: {sorted(metrics)}")
+    value = metrics[name]
+    return None if value is None else float(value)

@@ -1,0 +1,197 @@
+"""Habitat radiomics: PyRadiomics baseline match, empty habitats, crop invariance, cache, failures."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from radfusion.data.cohort import SEQUENCES, Cohort, Subject
+from radfusion.data.habitats import habitat_mask
+from radfusion.data.preprocess import load_preprocessed
+from radfusion.radiomics import extract as extract_mod
+from radfusion.radiomics.extract import extract_cohort, extract_region, extract_subject
+from radfusion.radiomics.settings import FeatureSettings
+
+SHARED_DATA = Path(os.environ.get("RADFUSION_SHARED_DATA",
+                                  Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+PYRAD = SHARED_DATA / "pyradiomics"
+BASELINE_CLASSES = ["firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm", "shape"]
+# Shape features computed on the marching-cubes surface mesh differ from the (older) baseline by up
+# to ~1e-3 with the installed PyRadiomics; diameters, axis lengths and VoxelVolume match to ~1e-13.
+MESH_FEATURES = {"MeshVolume", "SurfaceArea", "SurfaceVolumeRatio", "Sphericity"}
+SMALL_PARAMS = {
+    "setting": {"binWidth": 25, "label": 1, "additionalInfo": False, "voxelArrayShift": 300},
+    "imageType": {"Original": {}},
+    "featureClass": {"shape": [], "firstorder": [], "glcm": []},
+}
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-12) if b != 0 else abs(a)
+
+
+# ------------------------------------------------------------------ 1. PyRadiomics baseline
+
+@pytest.mark.parametrize("feature_class", BASELINE_CLASSES)
+def test_pyradiomics_baseline(feature_class: str, caplog: pytest.LogCaptureFixture) -> None:
+    csv = PYRAD / "baseline" / f"baseline_{feature_class}.csv"
+    if not csv.is_file():
+        pytest.skip(f"PyRadiomics reference data not found at {csv} (set RADFUSION_SHARED_DATA)")
+    import radiomics
+    import yaml
+
+    column = pd.read_csv(csv, index_col=0)["brain1"]
+    settings = ast.literal_eval(column["diagnostics_Configuration_Settings"])
+    image_types = ast.literal_eval(column["diagnostics_Configuration_EnabledImageTypes"])
+    # Settings the installed PyRadiomics' schema does not know would make it reject the whole
+    # dict: drop them, but say so (in the test log and on stdout with -s).
+    schema_file, _ = radiomics.getParameterValidationFiles()
+    known = set(yaml.safe_load(Path(schema_file).read_text())["mapping"]["setting"]["mapping"])
+    dropped = sorted(set(settings) - known)
+    if dropped:
+        logging.getLogger(__name__).warning("%s: settings not accepted, dropped: %s", feature_class, dropped)
+        print(f"baseline {feature_class}: settings unknown to this PyRadiomics, dropped: {dropped}")
+    settings = {k: v for k, v in settings.items() if k in known}
+    params = {"setting": settings, "imageType": image_types, "featureClass": {feature_class: []}}
+
+    got = extract_region(PYRAD / "brain1_image.nrrd", PYRAD / "brain1_label.nrrd", params,
+                         label=settings.get("label", 1))
+    expected = {k: float(v) for k, v in column.items() if k.startswith(f"original_{feature_class}_")}
+    assert expected, f"no original_{feature_class}_* rows in {csv}"
+    missing = sorted(set(expected) - set(got))
+    assert not missing, f"features not produced: {missing}"
+    worst, failures = 0.0, []
+    for name, ref in expected.items():
+        tol = 2e-3 if feature_class == "shape" and name.rsplit("_", 1)[1] in MESH_FEATURES else 1e-6
+        rel = _rel(got[name], ref)
+        worst = max(worst, rel)
+        if not rel <= tol:
+            failures.append(f"{name}: got {got[name]!r}, baseline {ref!r}, rel diff {rel:.3g} > {tol}")
+    print(f"baseline {feature_class}: max relative difference {worst:.3g}")
+    assert not failures, "\n".join(failures)
+
+
+# ------------------------------------------------------------------ synthetic subjects
+
+def _write_subject(root: Path, sid: str, with_et: bool = True, seed: int = 0, n: int = 32) -> Subject:
+    """A skull-stripped 32³ head (1 mm) with ED shell, NCR core and (optionally) an ET rim."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[:n, :n, :n].astype(float)
+    c = n / 2
+    brain = ((zz - c) / 14) ** 2 + ((yy - c) / 14) ** 2 + ((xx - c) / 15) ** 2 <= 1
+    r = np.sqrt((zz - c - 2) ** 2 + (yy - c) ** 2 + (xx - c + 1) ** 2)
+    seg = np.zeros((n, n, n), np.uint8)
+    seg[r <= 8] = 2                        # ED
+    seg[r <= 5] = 4 if with_et else 1      # ET rim (or more necrosis)
+    seg[r <= 3] = 1                        # NCR
+    seg[~brain] = 0
+    folder = root / sid
+    folder.mkdir(parents=True)
+    images = {}
+    for i, seq in enumerate(SEQUENCES):
+        contrast = 80 * (seg == 2) - 60 * (seg == 1) + 150 * (seg == 4)
+        arr = 400 + 50 * i + rng.normal(0, 30, seg.shape) + contrast
+        arr = np.where(brain, arr, 0).astype(np.float32)
+        images[seq] = folder / f"{sid}_{seq}.nii.gz"
+        img = sitk.GetImageFromArray(arr)
+        img.SetOrigin((-10.0, 5.0, 2.0))
+        sitk.WriteImage(img, str(images[seq]))
+    seg_img = sitk.GetImageFromArray(seg)
+    seg_img.SetOrigin((-10.0, 5.0, 2.0))
+    sitk.WriteImage(seg_img, str(folder / f"{sid}_seg.nii.gz"))
+    return Subject(sid, images, folder / f"{sid}_seg.nii.gz")
+
+
+def _cohort(subjects: list[Subject]) -> Cohort:
+    ids = [s.subject_id for s in subjects]
+    clinical = pd.DataFrame({"subject_id": ids}).set_index("subject_id", drop=False)
+    return Cohort(subjects, clinical, "brats2021")
+
+
+@pytest.fixture()
+def small_settings() -> FeatureSettings:
+    return FeatureSettings(params=copy.deepcopy(SMALL_PARAMS))
+
+
+# ------------------------------------------------------------------ 2. empty habitat
+
+def test_empty_habitat_is_nan_with_indicator(tmp_path: Path, small_settings: FeatureSettings) -> None:
+    with_et, _ = extract_subject(_write_subject(tmp_path, "a", with_et=True), small_settings)
+    no_et, diag = extract_subject(_write_subject(tmp_path, "b", with_et=False, seed=1), small_settings)
+    assert set(no_et) == set(with_et)
+    et_cols = [k for k in no_et if k.startswith("ET_") and k not in ("ET_empty", "ET_voxels")]
+    assert et_cols and all(np.isnan(no_et[k]) for k in et_cols)
+    assert no_et["ET_empty"] == 1.0 and no_et["ET_voxels"] == 0.0 and diag["voxels"]["ET"] == 0
+    assert with_et["ET_empty"] == 0.0 and all(np.isfinite(with_et[k]) for k in et_cols)
+    for hab in ("NCR", "ED", "TC", "WT"):
+        assert no_et[f"{hab}_empty"] == 0.0
+        assert all(np.isfinite(v) for k, v in no_et.items() if k.startswith(f"{hab}_"))
+    assert "WT_shape_MeshVolume" in no_et and "ET_t1ce_original_firstorder_Mean" in no_et
+
+
+# ------------------------------------------------------------------ 3. crop invariance
+
+def test_crop_does_not_change_features(tmp_path: Path, small_settings: FeatureSettings) -> None:
+    subject = _write_subject(tmp_path, "a")
+    features, diag = extract_subject(subject, small_settings)
+    assert diag["bbox"] is not None  # the crop really happened
+    images, seg = load_preprocessed(subject, small_settings.spacing, small_settings.normalize,
+                                    small_settings.normalize_scale, small_settings.sequences)
+    for hab in ("ET", "WT"):
+        mask_arr = habitat_mask(sitk.GetArrayFromImage(seg), hab, "brats2021")
+        mask = sitk.GetImageFromArray(mask_arr.astype(np.uint8))
+        mask.CopyInformation(seg)
+        for seq in ("t1ce", "flair"):
+            full = extract_region(images[seq], mask, SMALL_PARAMS)
+            for name, ref in full.items():
+                shape = "_shape_" in name
+                col = f"{hab}_{name.removeprefix('original_')}" if shape else f"{hab}_{seq}_{name}"
+                assert _rel(features[col], ref) <= 1e-6, (col, features[col], ref)
+
+
+# ------------------------------------------------------------------ 4. cache
+
+def test_cache_reused_and_keyed_by_settings(tmp_path: Path, small_settings: FeatureSettings,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    cohort = _cohort([_write_subject(tmp_path / "data", s, seed=i) for i, s in enumerate(["s1", "s2"])])
+    first = extract_cohort(cohort, small_settings, tmp_path / "cache", n_jobs=1, progress=False)
+    key_dir = tmp_path / "cache" / small_settings.cache_key()
+    assert sorted(p.name.split("-")[0] for p in key_dir.glob("*.json")) == ["s1", "s2"]
+    assert (key_dir / "features.parquet").is_file() and (key_dir / "diagnostics.csv").is_file()
+
+    def boom(*args, **kwargs):
+        raise AssertionError("recomputed despite cache")
+
+    monkeypatch.setattr(extract_mod, "extract_subject", boom)
+    second = extract_cohort(cohort, small_settings, tmp_path / "cache", n_jobs=1, progress=False)
+    pd.testing.assert_frame_equal(first, second)
+    assert second.attrs["failures"] == {}
+    pd.testing.assert_frame_equal(pd.read_parquet(key_dir / "features.parquet"), first)
+
+    changed = FeatureSettings(params=copy.deepcopy(SMALL_PARAMS), crop_padding=3)
+    changed.params["setting"]["binWidth"] = 10
+    assert changed.cache_key() != small_settings.cache_key()
+    parallel = FeatureSettings(params=copy.deepcopy(SMALL_PARAMS), n_jobs=4)
+    assert parallel.cache_key() == small_settings.cache_key()
+
+
+# ------------------------------------------------------------------ 5. failure isolation
+
+def test_corrupt_subject_is_reported_not_dropped(tmp_path: Path, small_settings: FeatureSettings) -> None:
+    subjects = [_write_subject(tmp_path / "data", s, seed=i) for i, s in enumerate(["good1", "bad", "good2"])]
+    subjects[1].images["t2"].write_bytes(b"this is not a NIfTI file" * 10)
+    df = extract_cohort(_cohort(subjects), small_settings, tmp_path / "cache", n_jobs=2, progress=False)
+    assert list(df.index) == ["good1", "good2"]
+    message = df.attrs["failures"]["bad"]
+    assert "bad" in message and str(subjects[1].images["t2"]) in message
+    failures = pd.read_csv(tmp_path / "cache" / small_settings.cache_key() / "failures.csv")
+    assert failures["subject_id"].tolist() == ["bad"]
+    assert df.notna().all().all() and df.filter(like="_empty").eq(0).all().all()

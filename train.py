@@ -1,0 +1,27 @@
+"""Train one radfusion model: ``python train.py experiment=idh_hybrid``.
+
+Thin entry point (lightning-hydra-template style): the work lives in
+``radfusion.training.pipeline.train``. ``main`` returns the value of ``optimized_metric`` so
+that Hydra sweepers (Optuna) can maximise it.
+"""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("RADFUSION_ROOT", str(Path(__file__).resolve().parent))
+os.environ.setdefault("WANDB_MODE", "offline")  # no account, no network needed
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from radfusion.training.pipeline import optimized_value, run_task, train  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")
+def main(cfg: DictConfig) -> float | None:
+    metrics, _ = run_task(train, cfg)
+    return optimized_value(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()
