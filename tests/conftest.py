@@ -16,7 +16,7 @@ CONFIG_DIR = str(ROOT / "configs")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 #: Tiny synthetic cohort used by the end-to-end tests (seconds to generate and extract).
-TINY = {"n_subjects": 20, "shape": (40, 40, 40), "seed": 3, "n_sites": 2}
+TINY = {"n_subjects": 20, "shape": (40, 40, 40), "seed": 4, "n_sites": 2}
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ def _rel(a: float, b: float) -> float:
 # ------------------------------------------------------------------ 1. PyRadiomics baseline
 
 @pytest.mark.parametrize("feature_class", BASELINE_CLASSES)
-def test_pyradiomics_baseline(feature_class: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_pyradiomics_baseline(feature_class: str) -> None:
     csv = PYRAD / "baseline" / f"baseline_{feature_class}.csv"
     if not csv.is_file():
         pytest.skip(f"PyRadiomics reference data not found at {csv} (set RADFUSION_SHARED_DATA)")

@@ -23,16 +23,26 @@ SPLITS = ("train", "val", "test")
 
 
 def _strata(labels: Sequence[float]) -> np.ndarray:
-    """Stratum per subject: the label, with unknown labels as their own stratum."""
-    return np.array(["missing" if (lab is None or np.isnan(lab)) else str(int(lab)) for lab in labels])
+    """Stratum per subject: the label, with unknown labels as their own stratum.
+
+    A stratum with a single subject cannot be stratified; it joins the largest stratum.
+    """
+    strata = np.array(["missing" if (lab is None or np.isnan(lab)) else str(int(lab)) for lab in labels])
+    values, counts = np.unique(strata, return_counts=True)
+    largest = values[np.argmax(counts)]
+    for value, count in zip(values, counts):
+        if count < 2:
+            strata[strata == value] = largest
+    return strata
 
 
 def _split(ids: np.ndarray, strata: np.ndarray, fraction: float, seed: int):
     counts = {s: int((strata == s).sum()) for s in np.unique(strata)}
-    stratify = strata if min(counts.values()) >= 2 else None
-    if stratify is None:
-        log.warning("a stratum has fewer than 2 subjects (%s); splitting without stratification", counts)
-    return train_test_split(ids, strata, test_size=fraction, random_state=seed, stratify=stratify)
+    try:
+        return train_test_split(ids, strata, test_size=fraction, random_state=seed, stratify=strata)
+    except ValueError as err:  # a stratum too small, or fewer subjects than strata
+        log.warning("cannot stratify (%s; strata %s); splitting without stratification", err, counts)
+        return train_test_split(ids, strata, test_size=fraction, random_state=seed)
 
 
 def make_splits(ids: Sequence[str], labels: Sequence[float], val_fraction: float = 0.2,
@@ -43,8 +53,10 @@ def make_splits(ids: Sequence[str], labels: Sequence[float], val_fraction: float
         raise ValueError("subject ids must be unique for a subject-level split")
     if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError(f"bad split fractions val={val_fraction} test={test_fraction}")
+    labels = list(labels)
     strata = _strata(labels)
-    rest, test, rest_strata, _ = _split(ids, strata, test_fraction, seed)
+    rest, test, _, _ = _split(ids, strata, test_fraction, seed)
+    rest_strata = _strata([labels[list(ids).index(i)] for i in rest])
     train, val, _, _ = _split(rest, rest_strata, val_fraction / (1 - test_fraction), seed + 1)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 

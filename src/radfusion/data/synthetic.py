@@ -59,8 +59,16 @@ import numpy as np
 import pandas as pd
 
 from radfusion.data.synthetic_anatomy import (
-    BRAIN_SEMI_AXES, SEQUENCES, ScannerParams, TumourSpec, acquire, healthy_images, make_anatomy,
-    n_calcifications, random_scanner, render_tumour,
+    BRAIN_SEMI_AXES,
+    SEQUENCES,
+    ScannerParams,
+    TumourSpec,
+    acquire,
+    healthy_images,
+    make_anatomy,
+    n_calcifications,
+    random_scanner,
+    render_tumour,
 )
 
 #: Bump when a change alters the generated data, so cached cohorts are regenerated.
@@ -118,7 +126,7 @@ def _sample_subject(seed: int, index: int, n_sites: int, missing_rate: float) ->
         et_gain=float(rng.uniform(0.75, 0.9) if idh else rng.uniform(0.95, 1.1)),
         mismatch=float(rng.uniform(0.6, 1.0)) if idh else 0.0,
         het_amp=float(rng.uniform(0.03, 0.06) if idh else rng.uniform(0.10, 0.16)),
-        mgmt_amp=float(rng.uniform(0.04, 0.07)) if mgmt else 0.0,
+        mgmt_amp=float(rng.uniform(0.05, 0.08)) if mgmt else 0.0,
         head_scale=float(rng.normal(1.0, 0.03)),
     )
     # Grade: WHO-like, from IDH and the visible morphology.
@@ -143,7 +151,7 @@ def _sample_subject(seed: int, index: int, n_sites: int, missing_rate: float) ->
     mrng = _rng(seed, 0, index, 2)
     hide = mrng.random(3) < np.array([missing_rate / 2, missing_rate, missing_rate])
     lat["idh_obs"], lat["mgmt_obs"], lat["codel_obs"] = (
-        pd.NA if h else v for h, v in zip(hide, (lat["idh"], lat["mgmt"], lat["codel"])))
+        pd.NA if h else v for h, v in zip(hide, (lat["idh"], lat["mgmt"], lat["codel"]), strict=True))
     return lat
 
 
@@ -281,7 +289,8 @@ def generate_cohort(out_dir: str | Path, n_subjects: int = 100, shape: tuple[int
             codeletion=lat["codel_obs"], grade=lat["grade"], os_days=lat["os_days"],
             os_event=lat["os_event"], timepoint=0))
         # whole-tumour design radius in voxels, as render_tumour computes it
-        r_vox = lat["r_wt"] * float(np.prod(BRAIN_SEMI_AXES * np.asarray(shape) * lat["head_scale"]) ** (1 / 3))
+        semi = BRAIN_SEMI_AXES * np.asarray(shape) * lat["head_scale"]
+        r_vox = lat["r_wt"] * float(np.prod(semi) ** (1 / 3))
         site_cols = {f"site_{p}_{seq}": v for seq, ps in sites[lat["site"]].items() for p, v in ps.items()}
         truth = {k: v for k, v in lat.items() if not k.endswith("_obs")}
         truth.update(subject_id=sid, r_wt_mm=r_vox * spacing,

@@ -35,7 +35,7 @@ INTENSITY: dict[str, dict[str, float]] = {
 }
 
 #: How strongly calcification-like spots darken each sequence (fraction of the intensity removed).
-SPOT_DEPTH: dict[str, float] = {"t1": 0.25, "t1ce": 0.55, "t2": 0.65, "flair": 0.4}
+SPOT_DEPTH: dict[str, float] = {"t1": 0.3, "t1ce": 0.6, "t2": 0.8, "flair": 0.5}
 
 #: Brain semi-axes as fractions of the grid extent along x, y, z (before the subject's head scale).
 BRAIN_SEMI_AXES = np.array([0.36, 0.43, 0.40])
@@ -46,9 +46,9 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cell: float,
     """Zero-mean, unit-variance smooth random field of ``shape``; ``cell`` = correlation length (voxels)."""
     low_shape = tuple(max(3, int(np.ceil(n / max(cell, 1.0))) + 1) for n in shape)
     low = ndimage.gaussian_filter(rng.standard_normal(low_shape), sigma_low, mode="nearest")
-    field = ndimage.zoom(low, [n / m for n, m in zip(shape, low_shape)], order=1)
+    field = ndimage.zoom(low, [n / m for n, m in zip(shape, low_shape, strict=True)], order=1)
     # zoom rounds the output size; pad/crop defensively so the shape is exactly what was asked.
-    field = np.pad(field, [(0, max(0, n - f)) for n, f in zip(shape, field.shape)], mode="edge")
+    field = np.pad(field, [(0, max(0, n - f)) for n, f in zip(shape, field.shape, strict=True)], mode="edge")
     field = field[tuple(slice(0, n) for n in shape)].astype(np.float32)
     return (field - field.mean()) / (field.std() + 1e-8)
 
@@ -125,10 +125,10 @@ def make_anatomy(shape: tuple[int, int, int], rng: np.random.Generator, head_sca
     # Work only inside the brain's bounding box: it is about half the grid, so everything is ~2x faster.
     lo = np.maximum(0, np.floor(centre - semi * 1.06) - 3).astype(int)
     hi = np.minimum(shape_a, np.ceil(centre + semi * 1.06) + 4).astype(int)
-    bbox = tuple(slice(a, b) for a, b in zip(lo, hi))
-    sub = tuple(int(b - a) for a, b in zip(lo, hi))
+    bbox = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    sub = tuple(int(b - a) for a, b in zip(lo, hi, strict=True))
     u, v, w = (((np.arange(a, b) - c) / s).astype(np.float32)
-               for a, b, c, s in zip(lo, hi, centre, semi))
+               for a, b, c, s in zip(lo, hi, centre, semi, strict=True))
     u, v, w = u[:, None, None], v[None, :, None], w[None, None, :]
     mean_r = float(np.prod(semi) ** (1 / 3))
     width = 0.5 / mean_r  # about half a voxel, in units of the brain radius: soft tissue borders
@@ -171,8 +171,8 @@ class TumourSpec:
     fraction of :attr:`Anatomy.mean_radius`; ``core_frac`` and ``ncr_frac`` are radii relative to
     the enclosing layer (``ncr_frac`` 0 = no necrosis); ``ecc`` in [0, 1] is how far the necrotic
     core's centre is pushed from the tumour centre towards the brain centre, as a fraction of
-    the core radius less the minimal rim; ``et_mode`` is ``rim`` (whole core rim enhances), ``patchy`` (a fraction
-    ``et_patch_frac`` of the outer core enhances) or ``none``.
+    the core radius less the minimal rim; ``et_mode`` is ``rim`` (the whole core rim enhances),
+    ``patchy`` (a fraction ``et_patch_frac`` of the outer core enhances) or ``none``.
     """
 
     centre_norm: np.ndarray
@@ -190,7 +190,8 @@ class TumourSpec:
 
 
 # Peak of one blurred impulse, so a single spot reaches full depth at its centre.
-_SPOT_PEAK = float(ndimage.gaussian_filter(np.pad(np.ones((1, 1, 1)), 3), 0.8).max())
+_SPOT_SIGMA = 0.9  # voxels
+_SPOT_PEAK = float(ndimage.gaussian_filter(np.pad(np.ones((1, 1, 1)), 4), _SPOT_SIGMA).max())
 
 
 def n_calcifications(r_wt_vox: float) -> int:
@@ -212,9 +213,9 @@ def render_tumour(anat: Anatomy, spec: TumourSpec, rng: np.random.Generator,
     ext = r_wt * 1.9 + 3
     lo = np.maximum(0, np.floor(c - ext)).astype(int)
     hi = np.minimum(shape, np.ceil(c + ext) + 1).astype(int)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    sub = tuple(int(b - a) for a, b in zip(lo, hi))
-    px, py, pz = ((np.arange(a, b) - ci).astype(np.float32) for a, b, ci in zip(lo, hi, c))
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    sub = tuple(int(b - a) for a, b in zip(lo, hi, strict=True))
+    px, py, pz = ((np.arange(a, b) - ci).astype(np.float32) for a, b, ci in zip(lo, hi, c, strict=True))
     px, py, pz = px[:, None, None], py[None, :, None], pz[None, None, :]
     dist = np.sqrt(px * px + py * py + pz * pz) + 1e-6
     basis = direction_basis(px / dist, py / dist, pz / dist)
@@ -272,17 +273,20 @@ def render_tumour(anat: Anatomy, spec: TumourSpec, rng: np.random.Generator,
     weights = {k: ndimage.gaussian_filter(m.astype(np.float32), 0.6)
                for k, m in (("ed", ed), ("net", net), ("et", et), ("ncr", ncr))}
     tumour_w = sum(weights.values())
-    het = smooth_noise(rng, sub, cell=2.0, sigma_low=0.6)
+    # Heterogeneity is coarse (blotches of several voxels) so that it does not mask the MGMT
+    # texture, which lives at the finest scales (wavelength ~3 voxels).
+    het = smooth_noise(rng, sub, cell=max(3.0, r_wt / 4), sigma_low=0.8)
     band = rng.standard_normal(sub).astype(np.float32)
-    band = ndimage.gaussian_filter(band, 0.6) - ndimage.gaussian_filter(band, 1.5)
+    band = ndimage.gaussian_filter(band, 0.5) - ndimage.gaussian_filter(band, 1.0)
     if wt.any():
         band /= band[wt].std() + 1e-8
     spots = np.zeros(sub, np.float32)
-    if spec.codel and wt.any():
-        idx = np.flatnonzero(wt)
+    inner = wt & (t_wt < 0.65)  # calcifications sit in the bright tumour bulk, not the faint edge
+    if spec.codel and inner.any():
+        idx = np.flatnonzero(inner)
         chosen = rng.choice(idx, size=min(len(idx), n_calcifications(r_wt)), replace=False)
         spots.flat[chosen] = 1.0
-        spots = ndimage.gaussian_filter(spots, 0.8)
+        spots = ndimage.gaussian_filter(spots, _SPOT_SIGMA)
         spots = np.clip(spots / _SPOT_PEAK, 0.0, 1.0)
     strength = np.clip(1.3 - 0.6 * t_wt, 0.5, 1.0)  # edema fades towards its outer border
     for seq in SEQUENCES:

@@ -14,6 +14,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from sklearn.metrics import roc_auc_score
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from radfusion.models.fusion import FusionNet
@@ -58,7 +59,10 @@ class RadFusionModule(pl.LightningModule):
         fusion: dict | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder"])
+        # Plain Python containers in the checkpoint, so it loads with torch's weights_only=True.
+        targets = [str(t) for t in targets]
+        fusion = OmegaConf.to_container(fusion) if isinstance(fusion, DictConfig) else dict(fusion or {})
+        self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler"])
         self.targets = list(targets)
         self.net = FusionNet(mode, n_outputs=len(self.targets), encoder=encoder,
                              radiomics_dim=radiomics_dim, **(fusion or {}))

@@ -27,6 +27,7 @@ class ClipValues(BaseEstimator, TransformerMixin):
         self.limit = limit
 
     def fit(self, X, y=None):
+        self.n_features_in_ = np.asarray(X).shape[1]
         return self
 
     def transform(self, X):
