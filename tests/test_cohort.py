@@ -89,7 +89,8 @@ def test_geometry_mismatch_names_files_and_difference(tmp_path):
     t1ce = tmp_path / "s1" / "s1_t1ce.nii.gz"
     img = nib.load(t1ce)
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj), np.diag([1.0, 1.0, 1.2, 1.0])), t1ce)
-    with pytest.raises(CohortError, match=r"subject s1: geometry mismatch between .*s1_t1ce\.nii\.gz.*spacing.*tolerance"):
+    match = r"subject s1: geometry mismatch between .*s1_t1ce\.nii\.gz.*spacing.*tolerance"
+    with pytest.raises(CohortError, match=match):
         validate_cohort(read_brats2021(tmp_path))
 
 

@@ -22,7 +22,7 @@ def test_splits_are_disjoint_stratified_and_reused(tmp_path):
     parts = [set(splits[k]) for k in ("train", "val", "test")]
     assert set().union(*parts) == set(ids)
     assert sum(len(p) for p in parts) == len(ids)
-    index = dict(zip(ids, labels))
+    index = dict(zip(ids, labels, strict=False))
     for part in parts[1:]:  # both classes in val and test
         assert {index[s] for s in part if not np.isnan(index[s])} == {0.0, 1.0}
     first, path = load_or_make_splits(tmp_path, ids, labels, 0.25, 0.25, seed=1)

@@ -112,7 +112,7 @@ def _clinical_frame(rows: pd.DataFrame, source: str) -> pd.DataFrame:
         raise CohortError(f"{source}: duplicate subject_id {list(dup)[:5]}")
     for col in MARKERS:
         if col in df.columns:
-            df[col] = [_parse_marker(v, col, sid) for v, sid in zip(df[col], df["subject_id"])]
+            df[col] = [_parse_marker(v, col, sid) for v, sid in zip(df[col], df["subject_id"], strict=False)]
         else:
             df[col] = np.nan
     for col in ("age", "os_days", "os_event", "grade"):
@@ -146,7 +146,8 @@ def read_manifest(path: str | Path, label_convention: str | dict = "brats2021") 
                 raise CohortError(f"subject {sid}: no {seq} image given in manifest {path}")
             images[seq] = (path.parent / str(cell).strip()).resolve()
         seg_cell = row.get("seg", np.nan)
-        seg = None if pd.isna(seg_cell) or not str(seg_cell).strip() else (path.parent / str(seg_cell).strip()).resolve()
+        has_seg = not pd.isna(seg_cell) and str(seg_cell).strip()
+        seg = (path.parent / str(seg_cell).strip()).resolve() if has_seg else None
         subjects.append(Subject(sid, images, seg, clinical.loc[sid].to_dict() if sid in clinical.index else {}))
     return Cohort(subjects, clinical, label_convention, path.parent)
 
@@ -219,7 +220,8 @@ def _geometry_problem(ref: sitk.Image, img: sitk.Image, tol: float) -> str | Non
                        ("direction", ref.GetDirection(), img.GetDirection())):
         diff = float(np.max(np.abs(np.subtract(a, b))))
         if diff > tol:
-            return f"{name} {tuple(round(x, 6) for x in b)} != {tuple(round(x, 6) for x in a)} (max difference {diff:.3g} > tolerance {tol})"
+            got, want = tuple(round(x, 6) for x in b), tuple(round(x, 6) for x in a)
+            return f"{name} {got} != {want} (max difference {diff:.3g} > tolerance {tol})"
     return None
 
 

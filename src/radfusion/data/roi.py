@@ -52,7 +52,7 @@ class ROISettings:
 def _cube_slices(center: np.ndarray, edge: int, shape: tuple[int, ...]):
     """Source/destination slices of a cube of ``edge`` voxels centred at ``center``, clipped to ``shape``."""
     src, dst = [], []
-    for c, n in zip(center, shape):
+    for c, n in zip(center, shape, strict=False):
         lo = int(round(c - edge / 2))
         hi = lo + edge
         src.append(slice(max(lo, 0), min(hi, n)))
@@ -99,7 +99,8 @@ def roi_cache_path(subject: Subject, settings: ROISettings, cache_dir: str | Pat
     return Path(cache_dir) / "rois" / settings.key() / f"{subject.subject_id}-{checksum[:12]}.npy"
 
 
-def _cached_roi(subject: Subject, settings: ROISettings, label_convention, cache_dir: Path) -> tuple[str, str | None, str | None]:
+def _cached_roi(subject: Subject, settings: ROISettings, label_convention,
+                cache_dir: Path) -> tuple[str, str | None, str | None]:
     try:
         path = roi_cache_path(subject, settings, cache_dir)
         if not path.exists():

@@ -30,7 +30,7 @@ def _strata(labels: Sequence[float]) -> np.ndarray:
     strata = np.array(["missing" if (lab is None or np.isnan(lab)) else str(int(lab)) for lab in labels])
     values, counts = np.unique(strata, return_counts=True)
     largest = values[np.argmax(counts)]
-    for value, count in zip(values, counts):
+    for value, count in zip(values, counts, strict=False):
         if count < 2:
             strata[strata == value] = largest
     return strata

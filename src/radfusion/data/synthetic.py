@@ -17,15 +17,18 @@ Planted biology (direction and strength; sizes are relative to the brain, see
 
 - **IDH** mutant with p = 0.40. Mutant vs wildtype: age N(40, 10) vs N(62, 10) years; whole-tumour
   volume about 0.6x (log-volume shift -0.5); tumour core 0.35–0.6 vs 0.55–0.8 of the tumour
-  radius; enhancement patchy (15–50 % of the outer core) and absent in 30 % of mutants (an empty ET
-  habitat) vs a full enhancing rim; necrosis in 35 % (small, 0.25–0.5 of the core radius) vs 90 %
-  (0.6–0.9); intensity heterogeneity amplitude 3–6 % vs 10–16 %; T2–FLAIR mismatch in the
-  non-enhancing core (T2 brighter than edema, FLAIR 40–55 % darker), absent in wildtype.
+  radius; enhancement patchy (15–50 % of the outer core, T1ce gain 0.75–0.9) and absent in 30 % of
+  mutants (an empty ET habitat) vs a full enhancing rim (gain 0.95–1.1); necrosis in 35 % (small,
+  0.25–0.5 of the core radius) vs 90 % (0.6–0.9); intensity heterogeneity amplitude 3–6 % vs
+  10–16 %; T2–FLAIR mismatch in the non-enhancing core (T2 up to 25 % brighter than edema, FLAIR
+  25–45 % darker), absent in wildtype. Age also widens the ventricles (0.8 % per year from 50).
 - **MGMT** methylated with p = 0.85 (IDH-mutant) / 0.45 (IDH-wildtype): a fine band-pass texture
-  (Gaussian sigma 0.6–1.5 voxels) of 4–7 % amplitude multiplies FLAIR in the edema.
+  (difference of Gaussians, sigma 0.5 and 1.0 voxel) of 5–8 % amplitude multiplies FLAIR in the
+  edema. Tumour heterogeneity is kept coarser (blotches of >= 3 voxels) so it does not drown this.
 - **1p/19q codeletion** in 40 % of IDH-mutants only (0 for wildtype): tumour centre anterior
   (frontal; y in 0.3–0.65 of the brain semi-axis vs -0.6–0.45), and 2–20 calcification-like
-  spots (about 1 voxel) darkening T2 by 65 %, T1ce by 55 %, FLAIR 40 %, T1 25 %.
+  spots (Gaussian sigma 0.9 voxel) in the tumour bulk, darkening T2 by 80 %, T1ce 60 %, FLAIR
+  50 %, T1 30 % at their centre.
 - **Spatial arrangement** (hard for rotation-invariant handcrafted features): the necrotic core
   is pushed from the tumour centre towards the brain centre (midline / ventricles) by ``ecc`` x
   (core radius - minimal rim); ``ecc`` = 0.55 (wildtype) or 0.08 (mutant) + 0.15·z_ecc, z_ecc ~ N(0, 1)
@@ -329,7 +332,7 @@ def _effects_text() -> dict[str, str]:
         "idh": "p=0.40 mutant; mutant: younger (N(40,10) vs N(62,10)), smaller tumours, patchy or no "
                "enhancement (30% of mutants have no ET), necrosis in 35% (vs 90%), homogeneous "
                "texture, T2-FLAIR mismatch in the non-enhancing core, longer survival",
-        "mgmt": "p=0.85 (IDH-mut) / 0.45 (IDH-wt) methylated; fine band-pass texture (4-7%) on FLAIR "
+        "mgmt": "p=0.85 (IDH-mut) / 0.45 (IDH-wt) methylated; fine band-pass texture (5-8%) on FLAIR "
                 "in edema; longer survival",
         "codeletion": "IDH-mutant only (40%), 0 for IDH-wt; anterior (frontal) centre; "
                       "calcification-like dark spots on T2/T1ce",

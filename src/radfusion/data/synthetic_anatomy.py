@@ -84,12 +84,20 @@ class DirectionalField:
             polar, azim = np.arccos(1 - 2 * k / 400), np.pi * (1 + 5 ** 0.5) * k
             DirectionalField._reference = direction_basis(
                 np.cos(azim) * np.sin(polar), np.sin(azim) * np.sin(polar), np.cos(polar))
-        values = np.tensordot(self.coef, DirectionalField._reference, axes=1)
+        values = self._combine(DirectionalField._reference)
         self.mean, self.std = np.float32(values.mean()), np.float32(values.std() + 1e-8)
+
+    def _combine(self, basis: np.ndarray) -> np.ndarray:
+        # Elementwise accumulation rather than a BLAS product: BLAS kernels and thread counts can
+        # change the last bits, and we want the same arrays on every machine.
+        out = self.coef[0] * basis[0]
+        for c, b in zip(self.coef[1:], basis[1:], strict=True):
+            out = out + c * b
+        return out
 
     def __call__(self, basis: np.ndarray) -> np.ndarray:
         """Field values at the directions whose :func:`direction_basis` is ``basis``."""
-        return (np.tensordot(self.coef, basis, axes=1) - self.mean) / self.std
+        return (self._combine(basis) - self.mean) / self.std
 
 
 @dataclass

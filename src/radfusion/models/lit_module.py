@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from sklearn.metrics import roc_auc_score
 from omegaconf import DictConfig, OmegaConf
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from radfusion.models.fusion import FusionNet
