@@ -1,7 +1,8 @@
-"""Compare finished runs: ``python evaluate.py runs='[runs/idh_hybrid/*, runs/idh_deep/*]'``.
+"""Compare finished runs: ``python evaluate.py runs='[runs/multirun/<time>]' name=idh_modes``.
 
-Reads each run's ``predictions.csv`` (evaluation never needs the model), recomputes the metrics
-with bootstrap confidence intervals and prints one table row per run.
+Reads each run's ``predictions.csv`` (evaluation never needs the model), prints the comparison of
+the groups (AUC / C-index with bootstrap CIs, paired tests) and writes ``reports/<name>/``
+(report.md/html, PNGs, table.csv). See docs/evaluation.md.
 """
 
 import os

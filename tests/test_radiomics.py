@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from radfusion.data.cohort import SEQUENCES, Cohort, Subject
 from radfusion.data.habitats import habitat_mask
 from radfusion.data.preprocess import load_preprocessed
-from radfusion.radiomics import extract as extract_mod
+from radfusion.radiomics import engine
 from radfusion.radiomics.extract import extract_cohort, extract_region, extract_subject
 from radfusion.radiomics.settings import FeatureSettings
 
@@ -164,13 +164,16 @@ def test_cache_reused_and_keyed_by_settings(tmp_path: Path, small_settings: Feat
     cohort = _cohort([_write_subject(tmp_path / "data", s, seed=i) for i, s in enumerate(["s1", "s2"])])
     first = extract_cohort(cohort, small_settings, tmp_path / "cache", n_jobs=1, progress=False)
     key_dir = tmp_path / "cache" / small_settings.cache_key()
-    assert sorted(p.name.split("-")[0] for p in key_dir.glob("*.json")) == ["s1", "s2"]
+    items = sorted((tmp_path / "cache" / "items").glob("*/*/*.json"))
+    # One cached item per subject x sequence.
+    assert sorted((p.parent.name, p.name.split("-")[0]) for p in items) == sorted(
+        (s, q) for s in ("s1", "s2") for q in SEQUENCES)
     assert (key_dir / "features.parquet").is_file() and (key_dir / "diagnostics.csv").is_file()
 
     def boom(*args, **kwargs):
         raise AssertionError("recomputed despite cache")
 
-    monkeypatch.setattr(extract_mod, "extract_subject", boom)
+    monkeypatch.setattr(engine, "compute_item", boom)
     second = extract_cohort(cohort, small_settings, tmp_path / "cache", n_jobs=1, progress=False)
     pd.testing.assert_frame_equal(first, second)
     assert second.attrs["failures"] == {}

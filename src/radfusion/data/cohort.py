@@ -193,12 +193,19 @@ def read_brats2021(root: str | Path, clinical_csv: str | Path | None = None,
 
 def load_cohort(source: str, path: str | Path, clinical: str | Path | None = None,
                 label_convention: str | dict = "brats2021") -> Cohort:
-    """Dispatch on ``source``: ``manifest`` (a CSV) or ``brats2021`` (a folder)."""
+    """Dispatch on ``source``: ``manifest`` (a CSV), ``brats2021`` / ``brats2023`` (folders) or
+    ``nnunet`` (an nnU-Net raw dataset folder; ``label_convention="auto"`` reads dataset.json)."""
     if source == "manifest":
         return read_manifest(path, label_convention)
     if source == "brats2021":
         return read_brats2021(path, clinical, label_convention)
-    raise CohortError(f"unknown cohort source {source!r}; use 'manifest' or 'brats2021'")
+    if source in ("brats2023", "nnunet"):
+        from radfusion.data.readers import read_brats2023, read_nnunet_raw
+
+        if source == "brats2023":
+            return read_brats2023(path, clinical, label_convention)
+        return read_nnunet_raw(path, clinical, label_convention)
+    raise CohortError(f"unknown cohort source {source!r}; use 'manifest', 'brats2021', 'brats2023' or 'nnunet'")
 
 
 def read_image(path: Path, subject_id: str) -> sitk.Image:

@@ -5,6 +5,9 @@ Batches are dictionaries::
     {"subject_id": [B] str, "labels": (B, T) float, "label_mask": (B, T) float,
      "image": (B, C, S, S, S) float (deep/hybrid), "radiomics": (B, F) float (handcrafted/hybrid)}
 
+With a frozen encoder (:meth:`RadFusionDataModule.use_frozen_encoder`) "image" is the subject's cached
+pooled embedding ``(B, raw_features)`` instead of the ROI volume (see :mod:`radfusion.models.embeddings`).
+
 ``labels[:, t]`` is 0 where unknown and ``label_mask[:, t]`` says which entries count.
 
 Leakage rules enforced here: splits are subject-level; the radiomics pipeline (imputer, variance
@@ -19,14 +22,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytorch_lightning as pl
 import torch
-from monai.transforms import Compose, RandFlip, RandScaleIntensity, RandShiftIntensity
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from radfusion.data.cohort import Cohort, CohortError, load_cohort, validate_cohort
-from radfusion.data.roi import ROISettings, build_roi_cache
+from radfusion.data.roi import ROIAugment, ROISettings, build_roi_cache
+from radfusion.data.samplers import EventBatchSampler
 from radfusion.data.splits import SPLITS, load_or_make_splits
 from radfusion.radiomics.extract import extract_cohort
 from radfusion.radiomics.processing import feature_matrix, make_feature_pipeline
@@ -39,13 +43,34 @@ def _plain(cfg):
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
+def check_survival(survival: pd.DataFrame) -> None:
+    """Refuse survival data a Cox model cannot use, naming the subjects (before any training)."""
+    time, event = survival["os_days"], survival["os_event"]
+    bad_time = survival.index[(time <= 0).fillna(False)]
+    if len(bad_time):
+        raise CohortError(f"os_days must be > 0; subjects {list(bad_time[:5])} have {list(time[bad_time[:5]])}")
+    bad_event = survival.index[~event.isin([0.0, 1.0]) & event.notna()]
+    if len(bad_event):
+        raise CohortError(f"os_event must be 1 (death) or 0 (censored); subjects {list(bad_event[:5])}")
+    known = time.notna() & event.notna()
+    if known.sum() == 0:
+        raise CohortError("survival requested but no subject has both os_days and os_event")
+    if event[known].sum() == 0:
+        raise CohortError("all subjects are censored: a Cox model cannot be fitted (no events)")
+    if event[known].sum() == known.sum():
+        log.warning("no subject is censored (all %d have events)", int(known.sum()))
+
+
 class SubjectDataset(Dataset):
     """One item per subject; ROI tensors are read from their cached ``.npy`` on access."""
 
     def __init__(self, ids: list[str], labels: np.ndarray, radiomics: np.ndarray | None = None,
-                 roi_paths: list[Path] | None = None, transform=None) -> None:
+                 roi_paths: list[Path] | None = None, transform=None, survival: np.ndarray | None = None,
+                 embeddings: np.ndarray | None = None) -> None:
         self.ids = ids
+        self.embeddings = embeddings
         self.labels = labels
+        self.survival = survival
         self.radiomics = radiomics
         self.roi_paths = roi_paths
         self.transform = transform
@@ -60,9 +85,17 @@ class SubjectDataset(Dataset):
             "labels": torch.from_numpy(np.nan_to_num(lab, nan=0.0)).float(),
             "label_mask": torch.from_numpy(~np.isnan(lab)).float(),
         }
+        if self.survival is not None:
+            time, event = self.survival[i]
+            known = bool(np.isfinite(time) and np.isfinite(event))
+            item["time"] = torch.tensor(time if known else 1.0, dtype=torch.float32)
+            item["event"] = torch.tensor(event if known else 0.0, dtype=torch.float32)
+            item["surv_mask"] = torch.tensor(float(known))
         if self.radiomics is not None:
             item["radiomics"] = torch.from_numpy(self.radiomics[i]).float()
-        if self.roi_paths is not None:
+        if self.embeddings is not None:
+            item["image"] = torch.from_numpy(self.embeddings[i])
+        elif self.roi_paths is not None:
             image = torch.from_numpy(np.load(self.roi_paths[i]).astype(np.float32))
             item["image"] = self.transform(image) if self.transform else image
             item["image"] = torch.as_tensor(item["image"]).float()
@@ -78,7 +111,13 @@ class RadFusionDataModule(pl.LightningDataModule):
         synthetic: generator settings used when ``cohort.source == synthetic``.
         features: PyRadiomics / habitat settings (see :class:`FeatureSettings`).
         roi: ROI settings (see :class:`ROISettings`).
-        targets: marker columns to predict (``idh``, ``mgmt``, ``codeletion``).
+        targets: binary marker columns to predict (``idh``, ``mgmt``, ``codeletion``); may be empty
+            when ``survival`` is on.
+        survival: also serve overall survival (``os_days``, ``os_event``) for a Cox head.
+        codeletion_idh_mutant_only: 1p/19q codeletion is defined for IDH-mutant gliomas only
+            (WHO 2021); its label is masked for IDH-wildtype / unknown subjects.
+        min_events_per_batch: with survival, training batches are drawn so that each holds at
+            least this many events (a Cox loss on a batch without events is zero).
         split: ``{val_fraction, test_fraction, seed}``.
         use_images, use_radiomics: which inputs the model needs (set from the model's mode).
     """
@@ -92,11 +131,15 @@ class RadFusionDataModule(pl.LightningDataModule):
         splits_dir: str,
         synthetic: dict | None = None,
         targets: Sequence[str] = ("idh",),
+        survival: bool = False,
+        codeletion_idh_mutant_only: bool = True,
+        min_events_per_batch: int = 2,
         split: dict | None = None,
         batch_size: int = 8,
         num_workers: int = 0,
         n_jobs: int = 1,
         augment: bool = True,
+        augmentation: dict | None = None,
         use_images: bool = True,
         use_radiomics: bool = True,
         progress: bool = True,
@@ -111,11 +154,18 @@ class RadFusionDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir)
         self.splits_dir = Path(splits_dir)
         self.targets = list(targets)
+        self.survival_target = bool(survival)
+        self.codeletion_idh_mutant_only = codeletion_idh_mutant_only
+        self.min_events_per_batch = min_events_per_batch
+        if not self.targets and not self.survival_target:
+            raise ValueError("data.targets is empty and data.survival is false: nothing to predict")
         self.split_cfg = {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, **(_plain(split) or {})}
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.n_jobs = n_jobs
         self.augment = augment
+        self.augmentation = dict(_plain(augmentation) or {})
+        self.embeddings: dict[str, np.ndarray] | None = None
         self.use_images = use_images
         self.use_radiomics = use_radiomics
         self.progress = progress
@@ -173,9 +223,17 @@ class RadFusionDataModule(pl.LightningDataModule):
         if missing:
             raise CohortError(f"target column(s) {missing} not in the clinical table")
         self.labels = clinical.loc[self.ids, self.targets].to_numpy(dtype=np.float64)
+        if "codeletion" in self.targets and self.codeletion_idh_mutant_only:
+            not_mutant = clinical.loc[self.ids, "idh"].to_numpy(dtype=np.float64) != 1.0
+            self.labels[not_mutant, self.targets.index("codeletion")] = np.nan
+        self.survival = clinical.loc[self.ids, ["os_days", "os_event"]].astype(np.float64)
+        if self.survival_target:
+            check_survival(self.survival)
+        strata = self.labels[:, 0] if self.targets else self.survival["os_event"].to_numpy()
         self.splits, self.splits_file = load_or_make_splits(
-            self.splits_dir, self.ids, self.labels[:, 0], self.split_cfg["val_fraction"],
+            self.splits_dir, self.ids, strata, self.split_cfg["val_fraction"],
             self.split_cfg["test_fraction"], self.split_cfg["seed"])
+        self.fold = int(self.split_cfg.get("fold", 0))
         self._check_splits()
         if self.use_radiomics:
             self.feature_pipeline = make_feature_pipeline()
@@ -198,30 +256,61 @@ class RadFusionDataModule(pl.LightningDataModule):
             if unknown:
                 raise CohortError(f"splits file {self.splits_file} names subjects not in the cohort "
                                   f"(e.g. {sorted(unknown)[:3]}); delete it to re-split")
-            y = self.labels[[index[s] for s in self.splits[name]], 0]
-            y = y[~np.isnan(y)]
-            if name != "train" and (len(y) == 0 or len(np.unique(y)) < 2):
-                raise CohortError(
-                    f"too small a cohort: the {name} split has {len(y)} labelled subjects for "
-                    f"{self.targets[0]!r} and needs both classes; add subjects or change the split fractions")
+            rows = [index[s] for s in self.splits[name]]
+            for t, target in enumerate(self.targets):
+                y = self.labels[rows, t]
+                y = y[~np.isnan(y)]
+                if len(y) and len(np.unique(y)) == 2:
+                    continue
+                msg = (f"too small a cohort: the {name} split has {len(y)} labelled subjects for "
+                       f"{target!r} ({'one class only' if len(y) else 'none'}); both classes are needed. "
+                       "Add subjects or change the split fractions")
+                if t == 0 or name == "train":
+                    raise CohortError(msg)
+                log.warning("%s; %s metrics on %s will be undefined", msg, target, name)
+            if self.survival_target:
+                events = np.nansum(self.survival["os_event"].to_numpy()[rows])
+                if events < 2:
+                    msg = f"the {name} split has {int(events)} event(s); a Cox model needs at least 2"
+                    if name == "train":
+                        raise CohortError(f"too small a cohort: {msg}")
+                    log.warning("%s; its C-index will be undefined or unstable", msg)
 
     def _dataset(self, split: str, augment: bool) -> SubjectDataset:
         ids = self.splits[split]
         index = {s: i for i, s in enumerate(self.ids)}
         transform = None
-        if augment:
-            # Left-right flips only: hemispheres are (nearly) symmetric, front/back is not.
-            transform = Compose([RandFlip(prob=0.5, spatial_axis=2), RandScaleIntensity(0.1, prob=0.5),
-                                 RandShiftIntensity(0.1, prob=0.5)])
+        if augment and self.embeddings is None:
+            transform = ROIAugment(len(self.roi_settings.sequences), **self.augmentation)
+        rows = [index[s] for s in ids]
         return SubjectDataset(
-            ids, self.labels[[index[s] for s in ids]],
+            ids, self.labels[rows],
+            survival=self.survival.to_numpy()[rows] if self.survival_target else None,
             radiomics=self.radiomics[split] if self.use_radiomics else None,
             roi_paths=[self.roi_paths[s] for s in ids] if self.use_images else None,
             transform=transform,
+            embeddings=np.stack([self.embeddings[s] for s in ids]) if self.embeddings is not None else None,
         )
+
+    def use_frozen_encoder(self, encoder) -> None:
+        """Serve cached pooled embeddings of a frozen ``encoder`` as "image" (no ROI loading, no
+        augmentation). Called by the LightningModule's ``setup``; idempotent per encoder."""
+        from radfusion.models.embeddings import compute_embeddings
+
+        if not self.use_images or getattr(self, "_frozen_encoder_key", None) == id(encoder):
+            return
+        self.embeddings = compute_embeddings(encoder, {s: self.roi_paths[s] for s in self.ids}, self.cache_dir,
+                                             batch_size=max(self.batch_size, 8), progress=self.progress)
+        self._frozen_encoder_key = id(encoder)
 
     def _loader(self, split: str, shuffle: bool, augment: bool) -> DataLoader:
         dataset = self._dataset(split, augment)
+        if shuffle and self.survival_target:
+            events = np.nan_to_num(dataset.survival[:, 1], nan=0.0)
+            sampler = EventBatchSampler(events, self.batch_size, min_events=self.min_events_per_batch,
+                                        seed=int(self.split_cfg["seed"]))
+            return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
+                              persistent_workers=self.num_workers > 0)
         # A last training batch of one subject makes BatchNorm statistics meaningless: drop it.
         drop_last = shuffle and len(dataset) % self.batch_size == 1 and len(dataset) > self.batch_size
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,

@@ -18,6 +18,7 @@ returns slices in that order and :func:`crop` translates them to SimpleITK's ``(
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -27,6 +28,26 @@ from radfusion.data.cohort import SEQUENCES, CohortError, Subject, _geometry_pro
 #: Image/mask geometry tolerance (mm for spacing/origin, unitless for direction cosines); the same
 #: default as :func:`radfusion.data.cohort.validate_subject`.
 GEOMETRY_TOLERANCE: float = 1e-3
+
+
+def nifti_values_finite(path: str | Path) -> bool:
+    """False if a floating-point NIfTI file holds NaN or infinite values.
+
+    ITK's NIfTI reader silently turns NaN voxels into 0, so the image SimpleITK returns cannot
+    show them. Integer files cannot hold NaN and are not read again (only the header is parsed);
+    non-NIfTI files are left to the caller's check of the SimpleITK array.
+    """
+    if not str(path).endswith((".nii", ".nii.gz")):
+        return True
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        if not np.issubdtype(img.get_data_dtype(), np.floating):
+            return True
+        return bool(np.all(np.isfinite(np.asanyarray(img.dataobj))))
+    except Exception:  # noqa: BLE001 - readable by ITK but not by nibabel: trust ITK's array
+        return True
 
 
 def _same_spacing(img: sitk.Image, spacing: float) -> bool:
@@ -139,8 +160,9 @@ def load_preprocessed(
             # (and PyRadiomics' checkMask) complain; one grid for all removes that class of error.
             img.CopyInformation(ref)
         arr = sitk.GetArrayViewFromImage(img)
-        if not np.all(np.isfinite(arr)):
-            raise CohortError(f"subject {sid}: {path} contains NaN or infinite intensities")
+        if not np.all(np.isfinite(arr)) or not nifti_values_finite(path):
+            raise CohortError(f"subject {sid}: {path} contains NaN or infinite intensities; "
+                              "fix or re-export the image (radfusion does not guess values)")
         if normalize == "zscore":
             brain = arr != 0
             img = zscore_in_brain(img, brain, scale)
@@ -159,12 +181,13 @@ def load_preprocessed(
     return images, seg
 
 
-def bounding_box(mask: np.ndarray, padding: int = 0) -> tuple[slice, ...]:
+def bounding_box(mask: np.ndarray, padding: int | Sequence[int] = 0) -> tuple[slice, ...]:
     """Tight bounding box of the non-zero voxels of ``mask``, grown by ``padding`` voxels per side.
 
     Args:
         mask: array of any dimension (numpy order, e.g. ``(z, y, x)``).
-        padding: voxels added on every side, clipped to the array.
+        padding: voxels added on every side, clipped to the array; one number for all axes or one
+            per axis (numpy order).
 
     Returns:
         One slice per axis, in the array's axis order.
@@ -172,14 +195,15 @@ def bounding_box(mask: np.ndarray, padding: int = 0) -> tuple[slice, ...]:
     Raises:
         ValueError: if ``mask`` has no non-zero voxel.
     """
-    if padding < 0:
-        raise ValueError(f"padding must be >= 0 voxels, got {padding}")
+    pads = [int(padding)] * mask.ndim if np.isscalar(padding) else [int(p) for p in padding]
+    if len(pads) != mask.ndim or min(pads) < 0:
+        raise ValueError(f"padding must be >= 0 voxels, one value or one per axis, got {padding}")
     nonzero = np.nonzero(mask)
     if len(nonzero[0]) == 0:
         raise ValueError("bounding_box of an empty mask")
     return tuple(
-        slice(max(int(idx.min()) - padding, 0), min(int(idx.max()) + 1 + padding, n))
-        for idx, n in zip(nonzero, mask.shape, strict=True)
+        slice(max(int(idx.min()) - pad, 0), min(int(idx.max()) + 1 + pad, n))
+        for idx, n, pad in zip(nonzero, mask.shape, pads, strict=True)
     )
 
 

@@ -2,26 +2,41 @@
 
 Per subject: load the four sequences once (resampled, z-scored in the brain), cut a cube around
 the whole-tumour bounding box (plus a relative margin, zero-padded outside the volume) and resize
-it to ``size³`` voxels. Resizing makes every tumour the same size on the CNN's input, so absolute
-volume is *not* visible to the deep branch; the handcrafted shape features carry it. That is
-intended: the two branches should see different things for fusion to matter.
+it to ``size³`` voxels (``extent="fit"``). Resizing makes every tumour the same size on the CNN's
+input, so absolute volume is *not* visible to the deep branch; the handcrafted shape features carry
+it. That is intended: the two branches should see different things for fusion to matter.
+``extent="fixed"`` instead cuts ``size³`` voxels at ``spacing`` mm around the tumour centre without
+rescaling (true physical scale, e.g. for an nnU-Net encoder trained at 1 mm).
+
+Optional ``habitats`` (e.g. ``[ET, NCR, ED]``) are appended as extra channels (binary masks, soft after
+resizing), after the sequences. :class:`ROIAugment` applies MONAI dictionary transforms for training:
+spatial ones to images and masks alike, intensity ones to the images only.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 from joblib import Parallel, delayed
+from monai.transforms import (
+    Compose,
+    RandAffined,
+    RandBiasFieldd,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
 from tqdm.auto import tqdm
 
 from radfusion.cache import atomic_save_npy, files_sha1, settings_hash
 from radfusion.data.cohort import SEQUENCES, Cohort, CohortError, Subject
-from radfusion.data.habitats import habitat_mask
+from radfusion.data.habitats import HABITATS, habitat_mask
 from radfusion.data.preprocess import load_preprocessed
 
 log = logging.getLogger(__name__)
@@ -37,6 +52,10 @@ class ROISettings:
         margin: cube edge = largest tumour extent × (1 + 2·margin).
         min_extent_mm: lower bound of the cube edge, mm (tiny tumours keep some context).
         sequences: channel order.
+        habitats: habitat masks appended as channels after the sequences (``ET``, ``NCR``, ``ED``,
+            ``TC``, ``WT``).
+        extent: ``fit`` (tumour box + margin, resized to ``size``) or ``fixed`` (``size`` voxels at
+            ``spacing`` mm around the tumour centre, no resizing; ``margin``/``min_extent_mm`` unused).
     """
 
     size: int = 48
@@ -44,9 +63,30 @@ class ROISettings:
     margin: float = 0.15
     min_extent_mm: float = 24.0
     sequences: tuple[str, ...] = SEQUENCES
+    habitats: tuple[str, ...] = field(default=())
+    extent: str = "fit"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sequences", tuple(self.sequences))
+        object.__setattr__(self, "habitats", tuple(self.habitats))
+        unknown = [h for h in self.habitats if h not in HABITATS]
+        if unknown:
+            raise ValueError(f"data.roi.habitats: unknown habitat(s) {unknown}; choose from {list(HABITATS)}")
+        if self.extent not in ("fit", "fixed"):
+            raise ValueError(f"data.roi.extent must be 'fit' or 'fixed', got {self.extent!r}")
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.sequences) + len(self.habitats)
 
     def key(self) -> str:
-        return settings_hash(asdict(self))
+        settings = asdict(self)
+        # Options added after the first release stay out of the hash at their defaults, so existing
+        # ROI caches remain valid.
+        for name, default in (("habitats", ()), ("extent", "fit")):
+            if settings[name] == default:
+                del settings[name]
+        return settings_hash(settings)
 
 
 def _cube_slices(center: np.ndarray, edge: int, shape: tuple[int, ...]):
@@ -61,7 +101,8 @@ def _cube_slices(center: np.ndarray, edge: int, shape: tuple[int, ...]):
 
 
 def build_roi(subject: Subject, settings: ROISettings, label_convention) -> np.ndarray:
-    """ROI tensor of one subject: ``(len(sequences), size, size, size)`` float16, z-scored intensities."""
+    """ROI tensor of one subject: ``(n_channels, size, size, size)`` float16: z-scored intensities of
+    ``sequences``, then ``habitats`` masks in [0, 1]."""
     images, seg = load_preprocessed(subject, spacing=settings.spacing, normalize="zscore", scale=1.0,
                                     sequences=settings.sequences)
     if seg is None:
@@ -79,15 +120,22 @@ def build_roi(subject: Subject, settings: ROISettings, label_convention) -> np.n
         idx = np.argwhere(brain) if brain.any() else np.argwhere(np.ones_like(brain))
         lo, hi = idx.min(0), idx.max(0) + 1
         hi = lo + np.maximum((hi - lo) // 3, 1)
-    extent_mm = float(np.max((hi - lo) * spacing)) * (1 + 2 * settings.margin)
-    extent_mm = max(extent_mm, settings.min_extent_mm)
-    # An isotropic cube in mm; after 1 mm resampling this is a voxel cube.
-    edge = int(np.ceil(extent_mm / float(spacing.min())))
+    if settings.extent == "fixed":
+        edge = settings.size
+    else:
+        extent_mm = float(np.max((hi - lo) * spacing)) * (1 + 2 * settings.margin)
+        extent_mm = max(extent_mm, settings.min_extent_mm)
+        # An isotropic cube in mm; after 1 mm resampling this is a voxel cube.
+        edge = int(np.ceil(extent_mm / float(spacing.min())))
     center = (lo + hi) / 2.0
     src, dst = _cube_slices(center, edge, seg_arr.shape)
-    cube = np.zeros((len(settings.sequences), edge, edge, edge), dtype=np.float32)
+    cube = np.zeros((settings.n_channels, edge, edge, edge), dtype=np.float32)
     for c, seq in enumerate(settings.sequences):
         cube[c][dst] = sitk.GetArrayViewFromImage(images[seq])[src]
+    for c, name in enumerate(settings.habitats, start=len(settings.sequences)):
+        cube[c][dst] = habitat_mask(seg_arr, name, label_convention)[src]
+    if edge == settings.size:
+        return cube.astype(np.float16)
     tensor = torch.from_numpy(cube)[None]
     resized = torch.nn.functional.interpolate(tensor, size=(settings.size,) * 3, mode="trilinear",
                                               align_corners=False)[0]
@@ -129,3 +177,56 @@ def build_roi_cache(cohort: Cohort, settings: ROISettings, cache_dir: str | Path
             failures[sid] = error
             log.error("ROI failed for subject %s: %s", sid, error)
     return paths, failures
+
+
+class ROIAugment:
+    """Training-only augmentation of one ROI tensor ``(C, S, S, S)`` with MONAI dictionary transforms.
+
+    The first ``n_image_channels`` channels are intensities (z-scores), the rest habitat masks.
+    Spatial transforms (left-right flip, small affine) move images and masks together (masks with
+    nearest-neighbour interpolation); intensity transforms (scale, shift, bias field) touch images only.
+    Probabilities of 0 remove a transform. Random state is seeded lazily per process from
+    ``torch.initial_seed()``, so ``seed=`` and DataLoader workers give reproducible, distinct streams.
+
+    Args:
+        n_image_channels: number of intensity channels (``len(data.roi.sequences)``).
+        flip_prob: left-right flip (axis x only: hemispheres are nearly symmetric, front/back is not).
+        affine_prob, rotate_deg, scale: random rotation (± degrees, each axis) and zoom (± fraction).
+        intensity_prob, intensity_scale, intensity_shift: ``x * (1 + U(±scale))`` and ``x + U(±shift)``
+            (z-score units).
+        bias_field_prob, bias_field_coeff: smooth multiplicative bias field (MONAI ``RandBiasField``).
+    """
+
+    def __init__(self, n_image_channels: int, flip_prob: float = 0.5, affine_prob: float = 0.25,
+                 rotate_deg: float = 10.0, scale: float = 0.1, intensity_prob: float = 0.5,
+                 intensity_scale: float = 0.1, intensity_shift: float = 0.1, bias_field_prob: float = 0.25,
+                 bias_field_coeff: float = 0.1) -> None:
+        self.n_image_channels = n_image_channels
+        both = ["image", "mask"]
+        steps = []
+        if flip_prob > 0:
+            steps.append(RandFlipd(both, prob=flip_prob, spatial_axis=2, allow_missing_keys=True))
+        if affine_prob > 0:
+            steps.append(RandAffined(both, prob=affine_prob, rotate_range=[np.deg2rad(rotate_deg)] * 3,
+                                     scale_range=[scale] * 3, mode=["bilinear", "nearest"], padding_mode="zeros",
+                                     allow_missing_keys=True))
+        if intensity_prob > 0:
+            steps += [RandScaleIntensityd("image", factors=intensity_scale, prob=intensity_prob),
+                      RandShiftIntensityd("image", offsets=intensity_shift, prob=intensity_prob)]
+        if bias_field_prob > 0:
+            steps.append(RandBiasFieldd("image", prob=bias_field_prob, coeff_range=(0.0, bias_field_coeff)))
+        self.transform = Compose(steps)
+        self._seeded_pid: int | None = None
+
+    def __call__(self, roi: torch.Tensor) -> torch.Tensor:
+        if self._seeded_pid != os.getpid():
+            self.transform.set_random_state(seed=torch.initial_seed() % (2**32))
+            self._seeded_pid = os.getpid()
+        data = {"image": roi[: self.n_image_channels]}
+        if roi.shape[0] > self.n_image_channels:
+            data["mask"] = roi[self.n_image_channels:]
+        out = self.transform(data)
+        # MONAI returns MetaTensors; plain tensors keep the default collate and the batch contract simple.
+        parts = [out[k].as_tensor() if hasattr(out[k], "as_tensor") else torch.as_tensor(out[k])
+                 for k in ("image", "mask") if k in out]
+        return torch.cat(parts, dim=0).float()

@@ -180,7 +180,9 @@ class TumourSpec:
     the enclosing layer (``ncr_frac`` 0 = no necrosis); ``ecc`` in [0, 1] is how far the necrotic
     core's centre is pushed from the tumour centre towards the brain centre, as a fraction of
     the core radius less the minimal rim; ``et_mode`` is ``rim`` (the whole core rim enhances),
-    ``patchy`` (a fraction ``et_patch_frac`` of the outer core enhances) or ``none``.
+    ``patchy`` (a fraction ``et_patch_frac`` of the outer core enhances) or ``none``;
+    ``spot_count`` scales :func:`n_calcifications` (0 = no calcification-like spots) and
+    ``spot_depth`` (0..1) scales :data:`SPOT_DEPTH`.
     """
 
     centre_norm: np.ndarray
@@ -194,7 +196,8 @@ class TumourSpec:
     mismatch: float
     het_amp: float
     mgmt_amp: float
-    codel: bool
+    spot_count: float = 0.0
+    spot_depth: float = 0.0
 
 
 # Peak of one blurred impulse, so a single spot reaches full depth at its centre.
@@ -202,9 +205,15 @@ _SPOT_SIGMA = 0.9  # voxels
 _SPOT_PEAK = float(ndimage.gaussian_filter(np.pad(np.ones((1, 1, 1)), 4), _SPOT_SIGMA).max())
 
 
-def n_calcifications(r_wt_vox: float) -> int:
-    """Number of calcification-like spots for a codeleted tumour of whole-tumour radius (voxels)."""
-    return int(np.clip(round(0.05 * r_wt_vox ** 2), 2, 20))
+def n_calcifications(r_wt_vox: float, spot_count: float = 1.0) -> int:
+    """Number of calcification-like spots of a tumour of whole-tumour radius ``r_wt_vox`` (voxels).
+
+    ``spot_count`` 1 gives 2-20 spots growing with the tumour's cross-section; smaller values fewer
+    (at least one); 0 none.
+    """
+    if spot_count <= 0:
+        return 0
+    return max(1, int(round(spot_count * np.clip(round(0.05 * r_wt_vox ** 2), 2, 20))))
 
 
 def render_tumour(anat: Anatomy, spec: TumourSpec, rng: np.random.Generator,
@@ -290,9 +299,10 @@ def render_tumour(anat: Anatomy, spec: TumourSpec, rng: np.random.Generator,
         band /= band[wt].std() + 1e-8
     spots = np.zeros(sub, np.float32)
     inner = wt & (t_wt < 0.65)  # calcifications sit in the bright tumour bulk, not the faint edge
-    if spec.codel and inner.any():
+    has_spots = spec.spot_depth > 0 and spec.spot_count > 0
+    if has_spots and inner.any():
         idx = np.flatnonzero(inner)
-        chosen = rng.choice(idx, size=min(len(idx), n_calcifications(r_wt)), replace=False)
+        chosen = rng.choice(idx, size=min(len(idx), n_calcifications(r_wt, spec.spot_count)), replace=False)
         spots.flat[chosen] = 1.0
         spots = ndimage.gaussian_filter(spots, _SPOT_SIGMA)
         spots = np.clip(spots / _SPOT_PEAK, 0.0, 1.0)
@@ -309,8 +319,8 @@ def render_tumour(anat: Anatomy, spec: TumourSpec, rng: np.random.Generator,
                + weights["ncr"] * table["ncr"])
         tum *= 1.0 + spec.het_amp * het
         img = base * (1.0 - tumour_w) + tum
-        if spec.codel:
-            img *= 1.0 - SPOT_DEPTH[seq] * spots
+        if has_spots:
+            img *= 1.0 - spec.spot_depth * SPOT_DEPTH[seq] * spots
         normal[seq][box] = img * brain
     return seg
 

@@ -1,80 +1,129 @@
-"""Gather ``predictions.csv`` of many runs and compare them in one table."""
+"""``evaluate(cfg)``: gather the runs' ``predictions.csv``, compare the groups, print the table and
+write ``reports/<name>/`` (see ``docs/evaluation.md``)."""
 
 from __future__ import annotations
 
-import glob
-import json
 import logging
+import os
+import time
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from radfusion.evaluation.analysis import Evaluation, Settings, evaluate_groups, order_groups
 from radfusion.evaluation.metrics import auc_with_ci
+from radfusion.evaluation.report import SUMMARY_HEADER, summary_rows, write_report
+from radfusion.evaluation.runs import RunError, find_runs, group_runs, load_runs, run_info
+
+__all__ = ["compare_runs", "evaluate", "find_runs", "format_table", "run_info", "settings_from"]
 
 log = logging.getLogger(__name__)
 
 
-def find_runs(patterns: list[str] | str) -> list[Path]:
-    """Run folders (holding predictions.csv) from folders, globs or multirun folders."""
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    runs: list[Path] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(str(pattern))) or [pattern]
-        for m in map(Path, matches):
-            if (m / "predictions.csv").is_file():
-                runs.append(m)
-            elif m.is_dir():
-                runs += sorted(p.parent for p in m.rglob("predictions.csv"))
-            else:
-                raise FileNotFoundError(f"no run folder matches {pattern!r}")
-    if not runs:
-        raise FileNotFoundError(f"no predictions.csv under {patterns}")
-    return list(dict.fromkeys(runs))
-
-
-def run_info(run: Path) -> dict:
-    """Experiment name and mode from the run's metrics.json (falls back to the folder name)."""
-    meta = {}
-    if (run / "metrics.json").is_file():
-        meta = json.loads((run / "metrics.json").read_text())
-    return {"experiment": meta.get("experiment") or run.parent.name, "mode": meta.get("mode", "?"),
-            "seed": meta.get("seed")}
-
-
 def compare_runs(runs: list[Path], split: str = "test", n_bootstrap: int = 2000) -> pd.DataFrame:
-    """One row per run and target: AUC with 95 % bootstrap CI on ``split``, from predictions.csv."""
+    """One row per run and marker: AUC with 95 % bootstrap CI on ``split`` (no pooling, no report)."""
     rows = []
-    for run in runs:
-        pred = pd.read_csv(run / "predictions.csv", dtype={"subject_id": str})
-        part = pred[pred["split"] == split]
+    loaded, skipped = load_runs(runs)
+    for p, why in skipped:
+        raise RunError(f"{p}: {why}")
+    for run in loaded:
+        part = run.predictions[run.predictions["split"] == split]
         if part.empty:
-            raise ValueError(f"{run / 'predictions.csv'} has no rows with split == {split!r}")
-        for col in [c for c in pred.columns if c.startswith("prob_")]:
-            target = col.removeprefix("prob_")
-            res = auc_with_ci(part[f"label_{target}"], part[col], n_boot=n_bootstrap)
-            rows.append({**run_info(run), "target": target, "split": split, **res, "run": str(run)})
+            raise RunError(f"{run.path / 'predictions.csv'} has no rows with split == {split!r}")
+        for m in run.markers:
+            res = auc_with_ci(part[f"label_{m}"], part[f"prob_{m}"], n_boot=n_bootstrap)
+            rows.append({"experiment": run.experiment, "mode": run.mode, "seed": run.seed, "target": m,
+                         "split": split, **res, "run": str(run.path)})
     return pd.DataFrame(rows)
 
 
-def format_table(table: pd.DataFrame) -> str:
-    lines = [f"{'experiment':<22} {'mode':<12} {'target':<10} {'n':>4} {'AUC':>6}  95% CI", "-" * 66]
-    for r in table.itertuples():
-        lines.append(f"{r.experiment:<22} {r.mode:<12} {r.target:<10} {r.n:>4} {r.auc:>6.3f}  "
-                     f"[{r.ci_low:.3f}, {r.ci_high:.3f}]")
+def settings_from(cfg: DictConfig) -> Settings:
+    """:class:`Settings` from the eval config (missing keys keep their defaults)."""
+    thr = cfg.get("threshold", 0.5)
+    q = cfg.get("survival", {}) or {}
+    return Settings(split=cfg.get("split", "test"), n_bootstrap=int(cfg.get("n_bootstrap", 2000)),
+                    alpha=float(cfg.get("alpha", 0.05)), seed=int(cfg.get("seed", 0)),
+                    threshold=thr if thr == "youden" else float(thr),
+                    calibration_bins=int(cfg.get("calibration_bins", 5)),
+                    time_quantiles=tuple(q.get("time_quantiles", (0.1, 0.8))), n_times=int(q.get("n_times", 8)),
+                    reference=cfg.get("reference"))
+
+
+def format_table(ev: Evaluation) -> str:
+    """The printed comparison: headline metric per group and endpoint, then the paired tests."""
+    rows = [SUMMARY_HEADER, *summary_rows(ev)]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(SUMMARY_HEADER))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    comps = ev.comparisons
+    if len(comps):
+        lines += ["", "paired comparisons (A − B; p Holm-adjusted per endpoint):"]
+        for r in comps.to_dict("records"):
+            if not np.isfinite(r.get("delta", np.nan)):
+                lines.append(f"  {r['group_a']} − {r['group_b']}  {r['endpoint']}: not comparable (n={r['n_paired']})")
+                continue
+            dl = (f"DeLong p {r['delong_p']:.3g} (Holm {r['delong_p_holm']:.3g}), "
+                  if np.isfinite(r.get("delong_p", np.nan)) else "")
+            lines.append(f"  {r['group_a']} − {r['group_b']}  {r['endpoint']} Δ{r['metric']} {r['delta']:+.3f}  "
+                         f"{dl}bootstrap 95% CI [{r.get('boot_ci_low', np.nan):.3f}, "
+                         f"{r.get('boot_ci_high', np.nan):.3f}] (n={r['n_paired']})")
     return "\n".join(lines)
 
 
+def log_to_wandb(report_dir: Path, files: dict[str, Path], ev: Evaluation, cfg: DictConfig, name: str) -> None:
+    """The report's tables and plots as an (offline by default) W&B run in ``report_dir/wandb``."""
+    import wandb
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    wcfg = cfg.get("wandb", {}) or {}
+    run = wandb.init(project=wcfg.get("project", "radfusion"), name=f"eval_{name}", job_type="evaluation",
+                     dir=str(report_dir), mode=os.environ["WANDB_MODE"], group=wcfg.get("group"),
+                     config={"runs": [str(r) for r in OmegaConf.to_container(cfg.runs)] if not isinstance(cfg.runs, str)
+                             else [cfg.runs], **asdict(settings_from(cfg))})
+    try:
+        payload = {"comparison/table": wandb.Table(dataframe=ev.table.astype(object).where(ev.table.notna(), None))}
+        if len(ev.comparisons):
+            payload["comparison/tests"] = wandb.Table(
+                dataframe=ev.comparisons.astype(object).where(ev.comparisons.notna(), None))
+        payload.update({f"plots/{p.stem}": wandb.Image(str(p)) for k, p in files.items() if k.endswith(".png")})
+        run.log(payload)
+        for r in ev.table.to_dict("records"):
+            for k in ("auc", "c_harrell", "c_uno", "ibs"):
+                if isinstance(r.get(k), float) and np.isfinite(r[k]):
+                    run.summary[f"{r['group']}/{r['endpoint']}/{k}"] = r[k]
+    finally:
+        wandb.finish()
+
+
 def evaluate(cfg: DictConfig) -> pd.DataFrame:
-    """Entry point of ``evaluate.py``: print (and optionally save) the comparison table."""
-    runs = find_runs(list(cfg.runs) if not isinstance(cfg.runs, str) else cfg.runs)
-    table = compare_runs(runs, cfg.get("split", "test"), int(cfg.get("n_bootstrap", 2000)))
-    print(format_table(table))
-    print("AUCs recomputed from predictions.csv; CIs: stratified subject bootstrap. "
-          "On the synthetic cohort these numbers test the machinery, not a clinical claim.")
+    """Entry point of ``evaluate.py``: print the comparison, write the report, return the table."""
+    t0 = time.perf_counter()
+    paths = find_runs(list(cfg.runs) if not isinstance(cfg.runs, str) else cfg.runs)
+    runs, skipped = load_runs(paths)
+    if not runs:
+        raise RunError("no run could be evaluated:\n" + "\n".join(f"  {p}: {why}" for p, why in skipped))
+    groups = group_runs(runs, cfg.get("group_by", "experiment"))
+    s = settings_from(cfg)
+    ev = evaluate_groups(groups, s)
+    print(format_table(ev))
+    print("Pooled = per-subject predictions averaged over replicates (CV folds concatenated); mean ± sd over "
+          "replicates. On the synthetic cohort these numbers test the machinery, not a clinical claim.")
+    name = str(cfg.get("name") or time.strftime("%Y-%m-%d_%H-%M-%S"))
+    report_dir = Path(cfg.get("report_dir") or Path("reports") / name)
+    files = write_report(ev, groups, skipped, s, report_dir, name, html_too=bool(cfg.get("html", True)))
+    seconds = time.perf_counter() - t0
+    size = sum(p.stat().st_size for p in files.values())
+    print(f"report: {files['report.md']} ({len(files)} files, {size / 1e3:.0f} kB, {seconds:.1f} s; "
+          f"groups: {', '.join(order_groups(groups))})")
+    if skipped:
+        print(f"skipped {len(skipped)} run(s): " + "; ".join(f"{p} ({why})" for p, why in skipped))
     if cfg.get("output"):
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(cfg.output, index=False)
+        ev.table.to_csv(cfg.output, index=False)
         log.info("comparison table written to %s", cfg.output)
-    return table
+    if cfg.get("log_wandb", False):
+        log_to_wandb(report_dir, files, ev, cfg, name)
+    return ev.table

@@ -1,8 +1,18 @@
-"""LightningModule shared by the handcrafted, deep and hybrid modes.
+"""LightningModule shared by the handcrafted, deep and hybrid modes, for one or many tasks.
 
-Loss: binary cross-entropy per marker, masked where the label is unknown (a missing label is
-never guessed; the subject still contributes to the other heads). Metrics: ROC AUC per marker,
-computed with scikit-learn over the whole epoch (AUC is not decomposable over batches).
+Heads: one logit per binary marker (IDH, MGMT, 1p/19q codeletion, ...) and optionally one Cox
+risk score (higher = higher hazard). Losses:
+
+- markers: binary cross-entropy per head, masked where the label is unknown (never guessed; the
+  subject still counts for the other heads);
+- survival: negative Cox partial log-likelihood (Breslow or Efron ties) over the subjects with
+  survival data in the batch (see ``docs/survival.md`` for why batches must contain events);
+- the total is a weighted sum (``loss_weights``) or, with ``uncertainty_weighting``, Kendall et
+  al.'s learned homoscedastic weighting ``sum_k exp(-s_k) L_k + s_k``.
+
+Metrics are computed over whole epochs (AUC and C-index are not decomposable over batches):
+per-marker ROC AUC, balanced accuracy, average precision (scikit-learn) and Harrell's C
+(``sksurv.metrics.concordance_index_censored``).
 """
 
 from __future__ import annotations
@@ -14,9 +24,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
+from sksurv.metrics import concordance_index_censored
 from torch import nn
 
+from radfusion.models.cox_loss import cox_partial_likelihood_loss
 from radfusion.models.fusion import FusionNet
 
 
@@ -36,54 +48,140 @@ def safe_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(roc_auc_score(y, p))
 
 
+def marker_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """AUC, balanced accuracy (at ``threshold``) and average precision over labelled entries."""
+    keep = ~np.isnan(labels)
+    y, p = labels[keep].astype(int), probs[keep]
+    if len(np.unique(y)) < 2:
+        return {"auc": float("nan"), "bacc": float("nan"), "ap": float("nan")}
+    return {"auc": float(roc_auc_score(y, p)),
+            "bacc": float(balanced_accuracy_score(y, (p >= threshold).astype(int))),
+            "ap": float(average_precision_score(y, p))}
+
+
+def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    """Harrell's C-index over subjects with known survival; NaN without a comparable pair."""
+    keep = ~(np.isnan(time) | np.isnan(event))
+    if keep.sum() < 2 or event[keep].sum() < 1:
+        return float("nan")
+    try:
+        return float(concordance_index_censored(event[keep].astype(bool), time[keep], risk[keep])[0])
+    except (ValueError, ZeroDivisionError):  # no comparable pairs
+        return float("nan")
+
+
 class RadFusionModule(pl.LightningModule):
-    """Train a :class:`FusionNet` on batches ``{image?, radiomics?, labels, label_mask, subject_id}``.
+    """Train a :class:`FusionNet` on batches ``{image?, radiomics?, labels, label_mask, time, event,
+    surv_mask, subject_id}``.
 
     Args:
         mode: ``handcrafted`` | ``deep`` | ``hybrid``.
-        targets: marker names, one logit each (``labels[:, i]`` belongs to ``targets[i]``).
+        targets: binary marker names, one logit each (``labels[:, i]`` belongs to ``targets[i]``).
+        survival: add a Cox risk head (the last output column).
         radiomics_dim: length of the fold-processed radiomics vector (set by ``train``).
         encoder: image encoder (deep / hybrid), e.g. :class:`ResNetEncoder`.
         optimizer, scheduler: partial constructors (Hydra ``_partial_: true``).
-        fusion: keyword arguments of :class:`FusionNet` (widths, dropout).
+        fusion: keyword arguments of :class:`FusionNet` (widths, dropout, fusion kind).
+        loss_weights: weight per head name (markers and ``survival``); default 1.
+        uncertainty_weighting: learn the head weights (Kendall, Gal & Cipolla 2018).
+        cox_ties: ``breslow`` | ``efron``.
     """
 
     def __init__(
         self,
         mode: str,
         targets: Sequence[str] = ("idh",),
+        survival: bool = False,
         radiomics_dim: int | None = None,
         encoder: nn.Module | None = None,
         optimizer=None,
         scheduler=None,
         fusion: dict | None = None,
+        loss_weights: dict | None = None,
+        uncertainty_weighting: bool = False,
+        cox_ties: str = "breslow",
     ) -> None:
         super().__init__()
         # Plain Python containers in the checkpoint, so it loads with torch's weights_only=True.
         targets = [str(t) for t in targets]
         fusion = OmegaConf.to_container(fusion) if isinstance(fusion, DictConfig) else dict(fusion or {})
+        loss_weights = (OmegaConf.to_container(loss_weights) if isinstance(loss_weights, DictConfig)
+                        else dict(loss_weights or {}))
+        if not targets and not survival:
+            raise ValueError("nothing to predict: give at least one marker target or survival=true")
         self.save_hyperparameters(ignore=["encoder", "optimizer", "scheduler"])
-        self.targets = list(targets)
-        self.net = FusionNet(mode, n_outputs=len(self.targets), encoder=encoder,
-                             radiomics_dim=radiomics_dim, **(fusion or {}))
+        self.targets = targets
+        self.survival = bool(survival)
+        self.heads = [*targets, *(["survival"] if survival else [])]
+        self.net = FusionNet(mode, n_outputs=len(self.heads), encoder=encoder,
+                             radiomics_dim=radiomics_dim, **fusion)
+        self.loss_weights = {h: float(loss_weights.get(h, 1.0)) for h in self.heads}
+        self.log_vars = nn.Parameter(torch.zeros(len(self.heads))) if uncertainty_weighting else None
+        self.cox_ties = cox_ties
         self._optimizer = optimizer
         self._scheduler = scheduler
         self._outputs: dict[str, list] = {"val": [], "test": []}
-        self.best_val_auc = -math.inf
+        self.best: dict[str, float] = {}
+
+    @property
+    def best_val_auc(self) -> float:
+        return self.best.get("val/auc", -math.inf)
+
+    def setup(self, stage: str) -> None:
+        # Frozen encoder: the datamodule serves cached pooled embeddings instead of ROI volumes.
+        encoder = getattr(self.net, "encoder", None)
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if getattr(encoder, "frozen", False) and hasattr(datamodule, "use_frozen_encoder"):
+            datamodule.use_frozen_encoder(encoder)
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.net(image=batch.get("image"), radiomics=batch.get("radiomics"))
 
+    def head_losses(self, out: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        losses = {}
+        for i, name in enumerate(self.targets):
+            losses[name] = masked_bce(out[:, i], batch["labels"][:, i], batch["label_mask"][:, i])
+        if self.survival:
+            losses["survival"] = cox_partial_likelihood_loss(
+                out[:, -1], batch["time"], batch["event"], mask=batch["surv_mask"], ties=self.cox_ties)
+        return losses
+
+    def combine(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = 0.0
+        for k, name in enumerate(self.heads):
+            if self.log_vars is not None:
+                total = total + torch.exp(-self.log_vars[k]) * losses[name] + self.log_vars[k]
+            else:
+                total = total + self.loss_weights[name] * losses[name]
+        return total
+
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        logits = self(batch)
-        loss = masked_bce(logits, batch["labels"], batch["label_mask"])
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test",
-                 batch_size=logits.shape[0])
+        out = self(batch)
+        losses = self.head_losses(out, batch)
+        loss = self.combine(losses)
+        bs = out.shape[0]
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=bs)
+        if len(self.heads) > 1:
+            for name, value in losses.items():
+                self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=bs)
         if stage in self._outputs:
+            self._outputs[stage].append(self._detach(out, batch))
+        return loss
+
+    def _detach(self, out: torch.Tensor, batch: dict) -> dict[str, np.ndarray]:
+        rec = {}
+        if self.targets:
             labels = batch["labels"].detach().clone()
             labels[batch["label_mask"] == 0] = float("nan")
-            self._outputs[stage].append((torch.sigmoid(logits).detach().cpu(), labels.cpu()))
-        return loss
+            rec["probs"] = torch.sigmoid(out[:, : len(self.targets)]).detach().cpu().numpy()
+            rec["labels"] = labels.cpu().numpy()
+        if self.survival:
+            time = batch["time"].detach().clone().double()
+            time[batch["surv_mask"] == 0] = float("nan")
+            rec["risk"] = out[:, -1].detach().double().cpu().numpy()
+            rec["time"] = time.cpu().numpy()
+            rec["event"] = batch["event"].detach().double().cpu().numpy()
+        return rec
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -95,39 +193,52 @@ class RadFusionModule(pl.LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"subject_id": list(batch["subject_id"]), "probs": torch.sigmoid(self(batch)).cpu()}
+        return {"subject_id": list(batch["subject_id"]), **self.outputs_to_predictions(self(batch))}
 
-    def _epoch_metrics(self, stage: str) -> dict[str, float]:
+    def outputs_to_predictions(self, out: torch.Tensor) -> dict[str, np.ndarray]:
+        """Network outputs → ``{"probs": (B, n_markers), "risk": (B,)}`` (risk only with survival)."""
+        res = {"probs": torch.sigmoid(out[:, : len(self.targets)]).detach().cpu().numpy()}
+        if self.survival:
+            res["risk"] = out[:, -1].detach().cpu().numpy()
+        return res
+
+    def epoch_metrics(self, stage: str) -> dict[str, float]:
         outputs = self._outputs[stage]
         self._outputs[stage] = []
         if not outputs:
             return {}
-        probs = torch.cat([p for p, _ in outputs]).numpy()
-        labels = torch.cat([y for _, y in outputs]).numpy()
-        metrics = {}
-        for i, name in enumerate(self.targets):
-            metrics[f"{stage}/auc_{name}"] = safe_auc(labels[:, i], probs[:, i])
-        aucs = [v for v in metrics.values() if not math.isnan(v)]
-        metrics[f"{stage}/auc"] = float(np.mean(aucs)) if aucs else float("nan")
+        metrics: dict[str, float] = {}
+        if self.targets:
+            probs = np.concatenate([o["probs"] for o in outputs])
+            labels = np.concatenate([o["labels"] for o in outputs])
+            for i, name in enumerate(self.targets):
+                for key, value in marker_metrics(labels[:, i], probs[:, i]).items():
+                    metrics[f"{stage}/{key}_{name}"] = value
+            aucs = [metrics[f"{stage}/auc_{n}"] for n in self.targets if not math.isnan(metrics[f"{stage}/auc_{n}"])]
+            metrics[f"{stage}/auc"] = float(np.mean(aucs)) if aucs else float("nan")
+        if self.survival:
+            cat = {k: np.concatenate([o[k] for o in outputs]) for k in ("risk", "time", "event")}
+            metrics[f"{stage}/cindex"] = harrell_c(cat["time"], cat["event"], cat["risk"])
         return metrics
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self._epoch_metrics("val")
-        if not metrics:
-            return
-        auc = metrics["val/auc"]
-        # Checkpoint monitors need a number: an undefined AUC (one class in val) counts as chance.
-        if math.isnan(auc):
-            metrics["val/auc"] = auc = 0.5
-        if not self.trainer.sanity_checking:
-            self.best_val_auc = max(self.best_val_auc, auc)
-        metrics["val/auc_best"] = max(self.best_val_auc, auc)
-        del metrics["val/auc"]
-        self.log_dict(metrics)
-        self.log("val/auc", auc, prog_bar=True)
+        metrics = self.epoch_metrics("val")
+        for key in ("val/auc", "val/cindex"):
+            if key not in metrics:
+                continue
+            # A monitored metric must be a number: undefined (one class / no events) counts as chance.
+            if math.isnan(metrics[key]):
+                metrics[key] = 0.5
+            if not self.trainer.sanity_checking:
+                self.best[key] = max(self.best.get(key, -math.inf), metrics[key])
+            metrics[f"{key}_best"] = max(self.best.get(key, -math.inf), metrics[key])
+        shown = {k: metrics.pop(k) for k in ("val/auc", "val/cindex") if k in metrics}
+        self.log_dict({k: v for k, v in metrics.items()})
+        if shown:
+            self.log_dict(shown, prog_bar=True)
 
     def on_test_epoch_end(self) -> None:
-        metrics = self._epoch_metrics("test")
+        metrics = self.epoch_metrics("test")
         if metrics:
             self.log_dict(metrics)
 

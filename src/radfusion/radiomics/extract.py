@@ -1,199 +1,92 @@
-"""Habitat radiomics: PyRadiomics per habitat × sequence, shape once per habitat, cached per subject.
+"""Habitat radiomics of a cohort: shared filtering per (subject, sequence), parallel, cached, resumable.
 
 Column names (one row per subject):
 
 - ``<habitat>_voxels``: voxel count of the habitat after resampling;
-- ``<habitat>_empty``: 1.0 if the habitat has fewer than ``min_voxels`` voxels (features NaN), else 0.0;
+- ``<habitat>_empty``: 1.0 if the habitat has fewer than ``min_voxels`` voxels or PyRadiomics'
+  ``checkMask`` rejects it (too thin, below ``minimumROISize``); its features are then NaN;
 - ``<habitat>_shape_<Feature>``: PyRadiomics shape features (they depend on the mask only);
-- ``<habitat>_<sequence>_<imageType>_<class>_<Feature>``, e.g. ``ET_t1ce_original_firstorder_Mean``.
+- ``<habitat>_<sequence>_<imageType>_<class>_<Feature>``, e.g. ``ET_t1ce_original_firstorder_Mean``,
+  ``WT_flair_log-sigma-3-0-mm-3D_glcm_Idm``, ``ED_t2_wavelet-LLH_glszm_ZoneEntropy``.
 
-Each subject's images are read and preprocessed once, then cropped once to the whole-tumour
-bounding box plus padding. For ``Original`` features this changes nothing (PyRadiomics crops to the
-habitat's own bounding box anyway, and our normalisation used the whole brain before cropping); it
-is skipped when the PyRadiomics parameters turn on ``normalize`` or resampling, whose results would
-depend on the crop. Filtered image types (LoG, wavelet) see the padded crop: their values near the
-border depend on ``crop_padding``, which is part of the cache key.
+The work is a task list of (subject, sequence) items (see :mod:`radfusion.radiomics.engine`), run
+in this process, on loky worker processes or on a Dask cluster. Each item is cached as soon as it
+is done, so a killed run loses at most the items in flight and a rerun gives the identical table.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
+import functools
 import json
 import logging
 import os
-import re
 import time
-import warnings
-from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
 from radfusion.data.cohort import Cohort, CohortError, Subject
-from radfusion.data.habitats import allowed_labels, habitat_masks
-from radfusion.data.preprocess import bounding_box, crop, load_preprocessed
+from radfusion.radiomics import engine
+from radfusion.radiomics.backends import run_tasks
+from radfusion.radiomics.pyrad import (
+    Plan,
+    build_extractor,
+    build_plan,
+    capture_warnings,
+    extract_region,
+    params_digest,
+    short_hash,
+)
 from radfusion.radiomics.settings import FeatureSettings
+
+__all__ = ["build_extractor", "extract_region", "extract_subject", "extract_cohort", "feature_columns"]
 
 log = logging.getLogger(__name__)
 
 _NAN = float("nan")
+_TEMPLATES: dict[str, dict[str, list[str]]] = {}
 
 
 # --------------------------------------------------------------------------------------------
-# PyRadiomics plumbing
+# Column names
 # --------------------------------------------------------------------------------------------
 
-class _CountingHandler(logging.Handler):
-    """Counts PyRadiomics log records by message instead of printing each one."""
+def unit_feature_names(plan: Plan, cache_dir: Path | None = None) -> dict[str, list[str]]:
+    """PyRadiomics feature names per unit key (and the shape key), from a small phantom.
 
-    def __init__(self, counts: Counter) -> None:
-        super().__init__(level=logging.WARNING)
-        self.counts = counts
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.counts[f"radiomics {record.levelname}: {record.getMessage()[:200]}"] += 1
-
-
-def _quiet_pyradiomics() -> None:
-    """Stop PyRadiomics from printing: its stderr handler shows errors only, the logger no longer
-    builds INFO records (several per call) that nobody reads, and nothing propagates to the root
-    logger (Hydra's handlers would print e.g. the GLCM "Sum Average" warning once per region x
-    sequence). Warnings still reach :func:`_capture_warnings`, which counts them."""
-    import radiomics
-
-    radiomics.setVerbosity(logging.ERROR)
-    rlog = logging.getLogger("radiomics")
-    rlog.setLevel(logging.WARNING)
-    rlog.propagate = False
-
-
-@contextmanager
-def _capture_warnings() -> Iterator[Counter]:
-    """Count PyRadiomics log warnings and Python warnings (e.g. numpy divide-by-zero) by message."""
-    counts: Counter = Counter()
-    handler = _CountingHandler(counts)
-    rlog = logging.getLogger("radiomics")
-    rlog.addHandler(handler)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield counts
-        finally:
-            rlog.removeHandler(handler)
-            for w in caught:
-                counts[f"{w.category.__name__}: {str(w.message)[:200]}"] += 1
-
-
-def build_extractor(params: dict | str | Path):
-    """A ``RadiomicsFeatureExtractor`` from a parameter dict or a YAML/JSON file path.
-
-    Raises:
-        FileNotFoundError: the parameter file does not exist.
-        ValueError: PyRadiomics' schema rejects the parameters (message says which).
+    Running the engine on a 32³ noise image with a ball mask gives exactly the names of any
+    configuration (filters, feature subsets) without re-implementing PyRadiomics' naming. The
+    result is memoised per process and, with ``cache_dir``, on disk (a warm run then reads no image).
     """
-    from radiomics.featureextractor import RadiomicsFeatureExtractor
-
-    _quiet_pyradiomics()
-    if isinstance(params, (str, Path)):
-        if not Path(params).is_file():
-            raise FileNotFoundError(f"PyRadiomics parameter file {params} does not exist")
-        source, arg = f"parameter file {params}", str(params)
-    else:
-        source, arg = "parameter dict", copy.deepcopy(dict(params))
-    try:
-        return RadiomicsFeatureExtractor(arg)
-    except Exception as err:  # pykwalify raises its own SchemaError / CoreError types
-        raise ValueError(f"PyRadiomics rejected the {source}: {err}") from err
-
-
-def _execute(extractor, image: sitk.Image | str | Path, mask: sitk.Image | str | Path,
-             label: int) -> dict[str, float]:
-    # PyRadiomics only recognises str paths (not pathlib) and sitk.Image objects.
-    image = str(image) if isinstance(image, Path) else image
-    mask = str(mask) if isinstance(mask, Path) else mask
-    result = extractor.execute(image, mask, label=label)
-    # Feature values come back as 0-d numpy arrays; diagnostics are strings/tuples.
-    return {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
-
-
-def extract_region(image: sitk.Image | str | Path, mask: sitk.Image | str | Path,
-                   params: dict | str | Path, label: int = 1) -> dict[str, float]:
-    """PyRadiomics features of one image/mask pair, diagnostics dropped.
-
-    Args:
-        image: intensity image (sitk.Image or file path).
-        mask: label image on the same grid (sitk.Image or file path).
-        params: PyRadiomics parameter dict or YAML/JSON file.
-        label: label value of the region in ``mask``.
-
-    Returns:
-        ``{"<imageType>_<class>_<Feature>": value}``, e.g. ``original_firstorder_Mean``.
-    """
-    return _execute(build_extractor(params), image, mask, label)
-
-
-def _params_key(params: dict | str | Path) -> str:
-    if isinstance(params, (str, Path)):
-        return "file:" + hashlib.sha1(Path(params).read_bytes()).hexdigest()
-    return json.dumps(params, sort_keys=True, default=str)
-
-
-_EXTRACTORS: dict[str, tuple[Any, Any, bool]] = {}
-_TEMPLATES: dict[str, tuple[list[str], list[str]]] = {}
-
-
-def _split_extractors(params: dict | str | Path) -> tuple[Any, Any, bool]:
-    """(shape extractor or None, other-classes extractor or None, cropping allowed), per process.
-
-    Shape depends on the mask only, so it runs once per habitat on the Original image; the other
-    classes run per sequence. Both come from the same validated parameters.
-    """
-    key = _params_key(params)
-    if key not in _EXTRACTORS:
-        base = build_extractor(params)
-        shape_classes = {k: v for k, v in base.enabledFeatures.items() if k.startswith("shape")}
-        other_classes = {k: v for k, v in base.enabledFeatures.items() if not k.startswith("shape")}
-        shape_ex = other_ex = None
-        if shape_classes:
-            shape_ex = copy.deepcopy(base)
-            shape_ex.enabledFeatures = shape_classes
-            # Otherwise PyRadiomics would still compute every enabled filter just to find no classes.
-            shape_ex.enabledImagetypes = {"Original": {}}
-        if other_classes:
-            other_ex = copy.deepcopy(base)
-            other_ex.enabledFeatures = other_classes
-        s = base.settings
-        # PyRadiomics resamples only when both are set; normalisation acts on whatever it is given.
-        resamples = s.get("resampledPixelSpacing") is not None and s.get("interpolator") is not None
-        _EXTRACTORS[key] = (shape_ex, other_ex, not (s.get("normalize", False) or resamples))
-    return _EXTRACTORS[key]
-
-
-def _column_template(params: dict | str | Path) -> tuple[list[str], list[str]]:
-    """PyRadiomics feature names (shape, other) these parameters produce, from a small phantom.
-
-    Running the real extractor on a 32³ noise image with a ball mask gives exactly the names of
-    any configuration (filters, feature subsets) without re-implementing PyRadiomics' naming.
-    """
-    key = _params_key(params)
-    if key not in _TEMPLATES:
-        shape_ex, other_ex, _ = _split_extractors(params)
-        rng = np.random.default_rng(0)
-        arr = (rng.normal(0.0, 100.0, (32, 32, 32))).astype(np.float32)
-        zz, yy, xx = np.mgrid[:32, :32, :32]
-        ball = ((zz - 16) ** 2 + (yy - 16) ** 2 + (xx - 16) ** 2 <= 64).astype(np.uint8)
-        image, mask = sitk.GetImageFromArray(arr), sitk.GetImageFromArray(ball)
-        with _capture_warnings():
-            shape = list(_execute(shape_ex, image, mask, 1)) if shape_ex else []
-            other = list(_execute(other_ex, image, mask, 1)) if other_ex else []
-        _TEMPLATES[key] = (shape, other)
-    return _TEMPLATES[key]
+    digest = short_hash([engine.ITEM_SCHEMA, plan.prep_key, plan.shape_key, [u.key for u in plan.units]], 20)
+    if digest in _TEMPLATES:
+        return _TEMPLATES[digest]
+    path = None if cache_dir is None else Path(cache_dir) / "templates" / f"{digest}.json"
+    if path is not None and path.is_file():
+        _TEMPLATES[digest] = json.loads(path.read_text())
+        return _TEMPLATES[digest]
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.normal(0.0, 100.0, (32, 32, 32)).astype(np.float32))
+    zz, yy, xx = np.mgrid[:32, :32, :32]
+    ball = ((zz - 16) ** 2 + (yy - 16) ** 2 + (xx - 16) ** 2 <= 64).astype(np.uint32)
+    mask = sitk.GetImageFromArray(ball)
+    with capture_warnings():
+        entries = engine.compute_entries(image, {"T": mask}, plan, True, None)
+    names = {}
+    if plan.shape_key:
+        names[plan.shape_key] = list(entries.get(engine.entry_key("T", plan.shape_key, None), {}))
+    for unit in plan.units:
+        names[unit.key] = list(entries.get(engine.entry_key("T", unit, None), {}))
+    _TEMPLATES[digest] = names
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(names))
+        os.replace(tmp, path)
+    return names
 
 
 def _shape_column(habitat: str, key: str) -> str:
@@ -201,216 +94,162 @@ def _shape_column(habitat: str, key: str) -> str:
     return f"{habitat}_{key.removeprefix('original_')}"
 
 
-def _habitat_columns(habitat: str, sequences: list[str], template: tuple[list[str], list[str]]) -> list[str]:
-    shape, other = template
-    per_sequence = [f"{habitat}_{seq}_{k}" for seq in sequences for k in other]
-    return [_shape_column(habitat, k) for k in shape] + per_sequence
+def feature_columns(settings: FeatureSettings, plan: Plan | None = None, cache_dir: Path | None = None) -> list[str]:
+    """Every column of the feature table, in order: per habitat its voxels, empty flag, shape
+    features, then per sequence its features (image types in PyRadiomics' order)."""
+    plan = plan or build_plan(settings.pyradiomics_params)
+    names = unit_feature_names(plan, cache_dir)
+    columns = []
+    for h in settings.habitats:
+        columns += [f"{h}_voxels", f"{h}_empty"]
+        if plan.shape_key:
+            columns += [_shape_column(h, k) for k in names[plan.shape_key]]
+        for seq in settings.sequences:
+            for unit in plan.units:
+                columns += [f"{h}_{seq}_{k}" for k in names[unit.key]]
+    return columns
+
+
+def assemble_row(items: dict[str, dict], settings: FeatureSettings, plan: Plan) -> dict[str, float]:
+    """One subject's features from its items (one per sequence; the first holds shape)."""
+    first = items[settings.sequences[0]]
+    row: dict[str, float] = {}
+    for h in settings.habitats:
+        hk = engine.habitat_key(h, settings)
+        n = int(first.get("voxels", {}).get(hk, 0))
+        empty = n < settings.min_voxels or hk in first.get("rejected", {})
+        row[f"{h}_voxels"] = float(n)
+        row[f"{h}_empty"] = 1.0 if empty else 0.0
+        if empty:
+            continue
+        if plan.shape_key:
+            shape = first["entries"].get(engine.entry_key(hk, plan.shape_key, None), {})
+            row.update({_shape_column(h, k): v for k, v in shape.items()})
+        for seq in settings.sequences:
+            item = items[seq]
+            for unit in plan.units:
+                values = item["entries"].get(engine.entry_key(hk, unit, item.get("box")), {})
+                row.update({f"{h}_{seq}_{k}": v for k, v in values.items()})
+    return row
 
 
 # --------------------------------------------------------------------------------------------
-# One subject
+# Tasks
 # --------------------------------------------------------------------------------------------
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # KiB on Linux
+    except (ImportError, OSError):  # pragma: no cover - not on Linux
+        return None
+
+
+def _run_task(task: dict, settings: FeatureSettings, label_convention: str | dict,
+              sitk_threads: int | None = None) -> dict:
+    """Compute (or complete) one cached item; never raises: a failure comes back as data."""
+    if sitk_threads is not None:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(sitk_threads)
+    subject: Subject = task["subject"]
+    out = {"subject_id": subject.subject_id, "sequence": task["sequence"], "status": "failed", "item": None,
+           "error": "", "seconds": None, "peak_rss_mb": None, "warnings": {}}
+    t0 = time.perf_counter()
+    try:
+        plan = build_plan(settings.pyradiomics_params)
+        path = task.get("path")
+        cached = engine.read_item(path) if path is not None else None
+        with capture_warnings() as counts:
+            item = engine.compute_item(subject, task["sequence"], task["with_shape"], settings, plan,
+                                       label_convention, cached)
+        item["seconds"] = round(time.perf_counter() - t0, 3)
+        item["warnings"] = dict(counts)
+        if path is not None:
+            item["checksum"] = task.get("checksum")
+            engine.write_item(path, item)
+        out.update(status="computed", item=item, warnings=dict(counts))
+    except CohortError as err:
+        out["error"] = str(err)
+    except Exception as err:  # noqa: BLE001 - one bad subject must not end the cohort
+        out["error"] = (f"subject {subject.subject_id}, sequence {task['sequence']}: feature extraction failed "
+                        f"({type(err).__name__}: {err}); inputs: {subject.images.get(task['sequence'])}, "
+                        f"segmentation {subject.seg}")
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
 
 def extract_subject(subject: Subject, settings: FeatureSettings,
                     label_convention: str | dict = "brats2021") -> tuple[dict[str, float], dict]:
-    """All habitat features of one subject.
+    """All habitat features of one subject, in this process, without cache.
 
     Returns:
         ``(features, diagnostics)``. ``features`` maps column name to value (see the module doc);
         an empty habitat has the same columns as a non-empty one, all NaN. ``diagnostics`` holds
         ``voxels`` (per habitat, after resampling), ``bbox`` (``[[start, stop], ...]`` in (z, y, x)
-        voxels of the resampled grid, None if not cropped), ``seconds`` and ``warnings``
-        (message -> count).
+        voxels of the resampled grid, None without tumour), ``seconds`` and ``warnings``.
 
     Raises:
-        CohortError: unreadable file, geometry mismatch, missing segmentation, labels outside the
-            convention (the message names subject and file).
+        CohortError: unreadable file, geometry mismatch, missing segmentation, NaN intensities,
+            labels outside the convention (the message names subject and file).
     """
-    sid = subject.subject_id
     t0 = time.perf_counter()
-    params = settings.pyradiomics_params
-    shape_ex, other_ex, crop_ok = _split_extractors(params)
-    template = _column_template(params)
-    with _capture_warnings() as counts:
-        if subject.seg is None:
-            raise CohortError(f"subject {sid}: no segmentation; habitat features need one")
-        images, seg = load_preprocessed(subject, settings.spacing, settings.normalize,
-                                        settings.normalize_scale, settings.sequences)
-        seg_arr = sitk.GetArrayFromImage(seg)
-        bad = sorted(set(np.unique(seg_arr).tolist()) - allowed_labels(label_convention))
-        if bad:
-            raise CohortError(f"subject {sid}: segmentation {subject.seg} has labels {bad} outside the "
-                              f"{label_convention} convention {sorted(allowed_labels(label_convention))}")
-        masks = habitat_masks(seg_arr, label_convention, settings.habitats)
-        wt = seg_arr > 0  # every supported habitat lies inside the whole tumour
-        box = None
-        ref = seg
-        if crop_ok and wt.any():
-            box = bounding_box(wt, settings.crop_padding)
-            images = {seq: crop(img, box) for seq, img in images.items()}
-            ref = crop(seg, box)
-            masks = {h: m[box] for h, m in masks.items()}
-
-        features: dict[str, float] = {}
-        voxels: dict[str, int] = {}
-        for habitat in settings.habitats:
-            m = masks[habitat]
-            n = int(np.count_nonzero(m))
-            voxels[habitat] = n
-            values = dict.fromkeys(_habitat_columns(habitat, settings.sequences, template), _NAN)
-            empty = n < settings.min_voxels
-            if not empty:
-                mask_img = sitk.GetImageFromArray(m.astype(np.uint8))
-                mask_img.CopyInformation(ref)
-                try:
-                    if shape_ex is not None:
-                        first = images[settings.sequences[0]]
-                        for k, v in _execute(shape_ex, first, mask_img, 1).items():
-                            values[_shape_column(habitat, k)] = v
-                    if other_ex is not None:
-                        for seq in settings.sequences:
-                            for k, v in _execute(other_ex, images[seq], mask_img, 1).items():
-                                values[f"{habitat}_{seq}_{k}"] = v
-                except ValueError as err:
-                    # PyRadiomics' checkMask rejects e.g. a region thinner than minimumROIDimensions;
-                    # such a habitat carries no usable texture, like an empty one.
-                    counts[f"{habitat}: PyRadiomics rejected the region ({err}); treated as empty"] += 1
-                    values = dict.fromkeys(values, _NAN)
-                    empty = True
-            features[f"{habitat}_voxels"] = float(n)
-            features[f"{habitat}_empty"] = 1.0 if empty else 0.0
-            features.update(values)
-
-    diagnostics = {
-        "voxels": voxels,
-        "bbox": None if box is None else [[s.start, s.stop] for s in box],
-        "seconds": round(time.perf_counter() - t0, 3),
-        "warnings": dict(counts),
-    }
+    plan = build_plan(settings.pyradiomics_params)
+    items, counts = {}, Counter()
+    for i, seq in enumerate(settings.sequences):
+        with capture_warnings() as c:
+            items[seq] = engine.compute_item(subject, seq, i == 0, settings, plan, label_convention)
+        counts.update(c)
+    features = dict.fromkeys(feature_columns(settings, plan), _NAN)
+    features.update(assemble_row(items, settings, plan))
+    first = items[settings.sequences[0]]
+    voxels = {h: int(first["voxels"].get(engine.habitat_key(h, settings), 0)) for h in settings.habitats}
+    diagnostics = {"voxels": voxels, "bbox": first.get("box"), "seconds": round(time.perf_counter() - t0, 3),
+                   "warnings": dict(counts)}
     return features, diagnostics
 
 
 # --------------------------------------------------------------------------------------------
-# A cohort, in parallel, cached
+# A cohort
 # --------------------------------------------------------------------------------------------
 
-def input_checksum(subject: Subject, sequences: list[str], label_convention: str | dict = "brats2021",
-                   chunk_size: int = 1 << 20) -> str:
-    """SHA-1 of the subject's image and segmentation file contents (read in 1 MiB chunks).
-
-    The label convention enters too, since the same files give other habitats under another one.
-    """
-    h = hashlib.sha1(json.dumps(label_convention, sort_keys=True).encode())
-    paths = [(seq, subject.images.get(seq)) for seq in sequences] + [("seg", subject.seg)]
-    for name, path in paths:
-        h.update(f"|{name}|".encode())
-        if path is None:
-            continue
-        with open(path, "rb") as f:
-            while chunk := f.read(chunk_size):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    # Write beside the target, then rename: a killed process leaves a stray .tmp, never half a file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _cache_path(key_dir: Path, subject_id: str, checksum: str) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", subject_id)
-    return key_dir / f"{safe}-{checksum}.json"
-
-
-def _process_subject(subject: Subject, settings: FeatureSettings, label_convention: str | dict,
-                     key_dir: Path, sitk_threads: int | None = None) -> dict:
-    """Cached extraction of one subject; never raises (failures come back as data)."""
-    if sitk_threads is not None:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(sitk_threads)
-    sid = subject.subject_id
-    out = {"subject_id": sid, "status": "failed", "features": None, "diagnostics": {}, "error": ""}
-    try:
-        checksum = input_checksum(subject, settings.sequences, label_convention)
-    except OSError as err:
-        out["error"] = f"subject {sid}: cannot read {err.filename}: {err.strerror}"
-        return out
-    path = _cache_path(key_dir, sid, checksum)
-    if path.exists():
-        try:
-            payload = json.loads(path.read_text())
-            out.update(status="cached", features=payload["features"], diagnostics=payload["diagnostics"])
-            return out
-        except (OSError, ValueError, KeyError) as err:
-            log.warning("subject %s: unreadable cache file %s (%s); recomputing", sid, path, err)
-    try:
-        features, diagnostics = extract_subject(subject, settings, label_convention)
-    except CohortError as err:
-        out["error"] = str(err)
-        return out
-    except Exception as err:  # noqa: BLE001 - one bad subject must not end the cohort
-        out["error"] = (f"subject {sid}: feature extraction failed ({type(err).__name__}: {err}); "
-                        f"inputs: segmentation {subject.seg}")
-        return out
-    payload = {"subject_id": sid, "checksum": checksum, "features": features, "diagnostics": diagnostics}
-    _atomic_write(path, json.dumps(payload))
-    out.update(status="computed", features=features, diagnostics=diagnostics)
-    return out
-
-
-def _column_order(columns: set[str], settings: FeatureSettings) -> list[str]:
-    """Habitat (settings order), then voxels/empty, shape, sequences (settings order), then name."""
-    hab_rank = {h: i for i, h in enumerate(settings.habitats)}
-    seq_rank = {s: i for i, s in enumerate(settings.sequences)}
-
-    def key(col: str) -> tuple:
-        hab, _, rest = col.partition("_")
-        if hab not in hab_rank:
-            return (len(hab_rank), 0, 0, col)
-        if rest in ("voxels", "empty"):
-            return (hab_rank[hab], 0, 0, rest)
-        first, _, _ = rest.partition("_")
-        if first in seq_rank:
-            return (hab_rank[hab], 2, seq_rank[first], rest)
-        return (hab_rank[hab], 1, 0, rest)
-
-    return sorted(columns, key=key)
-
-
-def _diagnostics_row(result: dict) -> dict:
-    diag = result["diagnostics"] or {}
-    warns = diag.get("warnings", {}) or {}
-    row = {"subject_id": result["subject_id"], "status": result["status"], "seconds": diag.get("seconds"),
-           "n_warnings": int(sum(warns.values())), "bbox": json.dumps(diag.get("bbox")),
-           "warnings": json.dumps(dict(Counter(warns).most_common(5))), "error": result["error"]}
-    for hab, n in (diag.get("voxels") or {}).items():
-        row[f"voxels_{hab}"] = n
+def _diagnostics_row(result: dict, settings: FeatureSettings) -> dict:
+    item = result.get("item") or {}
+    warns = result.get("warnings") or item.get("warnings") or {}
+    row = {"subject_id": result["subject_id"], "sequence": result["sequence"], "status": result["status"],
+           "seconds": result.get("seconds") if result["status"] != "cached" else item.get("seconds"),
+           "peak_rss_mb": result.get("peak_rss_mb"), "bbox": json.dumps(item.get("box")),
+           "n_warnings": int(sum(warns.values())), "warnings": json.dumps(dict(Counter(warns).most_common(5))),
+           "rejected": json.dumps({**item.get("rejected", {}), **item.get("reseg_rejected", {})}),
+           "error": result.get("error", "")}
+    for h in settings.habitats:
+        n = (item.get("voxels") or {}).get(engine.habitat_key(h, settings))
+        row[f"voxels_{h}"] = n
     return row
 
 
-def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | Path,
-                   n_jobs: int | None = None, progress: bool = True) -> pd.DataFrame:
+def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | Path, n_jobs: int | None = None,
+                   progress: bool = True, backend: str | None = None, scheduler=None) -> pd.DataFrame:
     """Habitat features of every subject: one row per subject (index ``subject_id``).
 
-    Per-subject results are cached in ``cache_dir/<settings.cache_key()>/<subject_id>-<sha1>.json``
-    (sha1 of the input files), so a rerun or a resumed run recomputes only what is missing.
-    ``features.parquet``, ``diagnostics.csv`` and ``failures.csv`` are written beside them.
+    Items are cached under ``cache_dir/items/``; ``features.parquet``, ``diagnostics.csv`` (one row
+    per subject × sequence: status, seconds, peak memory, crop box, voxel counts, rejections,
+    warnings, error) and ``failures.csv`` are written to ``cache_dir/<settings.cache_key()>/``.
 
-    A failing subject is logged, recorded in ``failures.csv`` and in ``df.attrs["failures"]``
-    (``{subject_id: message}``) and left out of the table; the others are kept.
+    A subject with any failed item is logged, recorded in ``failures.csv`` and in
+    ``df.attrs["failures"]`` (``{subject_id: message}``) and left out of the table; its other items
+    stay cached, and the other subjects are kept.
 
     Args:
         cohort: the cohort (its ``label_convention`` defines the habitats).
         settings: feature settings.
         cache_dir: root of the feature cache.
-        n_jobs: worker processes (joblib/loky); None uses ``settings.n_jobs``; -1 = all cores.
-        progress: show a tqdm progress bar.
+        n_jobs: worker processes; None uses ``settings.n_jobs``; -1 = all cores.
+        progress: show a tqdm progress bar (one step per subject × sequence).
+        backend, scheduler: override ``settings.backend`` / ``settings.scheduler`` (``scheduler``
+            may also be a ``distributed.Client``).
     """
-    from joblib import Parallel, delayed, effective_n_jobs
+    from joblib import effective_n_jobs
     from tqdm.auto import tqdm
 
     ids = cohort.ids
@@ -418,52 +257,116 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
     if dup:
         raise CohortError(f"duplicate subject_id(s) {dup[:5]}: give each timepoint its own id")
     n_jobs = effective_n_jobs(settings.n_jobs if n_jobs is None else n_jobs)
-    key_dir = Path(cache_dir) / settings.cache_key()
-    key_dir.mkdir(parents=True, exist_ok=True)
-    # Validate the parameters here, once, rather than as one failure per subject.
-    _column_template(settings.pyradiomics_params)
+    backend = backend or settings.backend
+    scheduler = scheduler if scheduler is not None else settings.scheduler
+    cache_dir = Path(cache_dir)
+    out_dir = cache_dir / settings.cache_key()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Validates the parameters here, once, rather than as one failure per item.
+    plan = build_plan(settings.pyradiomics_params)
+    columns = feature_columns(settings, plan, cache_dir)
+    items_root = cache_dir / "items" / engine.prep_key(settings, plan)
     conv = cohort.label_convention
+    t0 = time.perf_counter()
 
-    if n_jobs == 1 or len(cohort) <= 1:
-        results: Iterator[dict] = (_process_subject(s, settings, conv, key_dir) for s in cohort.subjects)
-    else:
-        # One SimpleITK thread per worker: the workers already use every core.
-        threads = max(1, (os.cpu_count() or 1) // n_jobs)
-        results = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
-            delayed(_process_subject)(s, settings, conv, key_dir, threads) for s in cohort.subjects)
+    # Look up every item first (reads only small JSON files); only missing work goes to workers.
+    tasks, results = [], []
+    memo: dict[str, str] = {}
+    for subject in cohort.subjects:
+        for i, seq in enumerate(settings.sequences):
+            base = {"subject_id": subject.subject_id, "sequence": seq, "error": "", "warnings": {}}
+            try:
+                checksum = engine.input_checksum([subject.images.get(seq), subject.seg], conv, memo)
+            except (OSError, TypeError) as err:
+                name = getattr(err, "filename", None) or subject.images.get(seq)
+                results.append({**base, "status": "failed", "item": None,
+                                "error": f"subject {subject.subject_id}: cannot read {name}: "
+                                         f"{getattr(err, 'strerror', None) or err}"})
+                continue
+            path = engine.item_path(items_root, subject.subject_id, seq, checksum)
+            item = engine.read_item(path)
+            if engine.item_complete(item, settings, plan, i == 0, _expected_margin(item, settings)):
+                results.append({**base, "status": "cached", "item": item})
+            else:
+                tasks.append({"subject": subject, "sequence": seq, "with_shape": i == 0, "path": path,
+                              "checksum": checksum})
 
-    by_id: dict[str, dict] = {}
-    bar = tqdm(results, total=len(cohort), desc="habitat radiomics", unit="subject", disable=not progress)
-    for result in bar:
-        by_id[result["subject_id"]] = result
+    # One SimpleITK thread per worker when the workers already use every core.
+    threads = max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 1 or backend == "dask" else None
+    fn = functools.partial(_run_task, settings=settings, label_convention=conv, sitk_threads=threads)
+    n_items = len(cohort) * len(settings.sequences)
+    bar = tqdm(total=n_items, initial=len(results), desc="habitat radiomics", unit="item", disable=not progress)
+    for result in run_tasks(fn, tasks, backend, n_jobs, scheduler):
+        results.append(result)
+        bar.update(1)
         if result["status"] == "failed":
-            log.error("radiomics: skipping %s", result["error"])
+            log.error("radiomics: %s", result["error"])
+    bar.close()
 
-    ordered = [by_id[i] for i in ids]
-    ok = [r for r in ordered if r["status"] != "failed"]
-    failures = {r["subject_id"]: r["error"] for r in ordered if r["status"] == "failed"}
-    columns: set[str] = set()
-    for r in ok:
-        columns.update(r["features"])
-    index = pd.Index([r["subject_id"] for r in ok], name="subject_id")
-    df = pd.DataFrame([r["features"] for r in ok], index=index, columns=_column_order(columns, settings),
-                      dtype=float)
+    by_subject: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in results:
+        by_subject[r["subject_id"]][r["sequence"]] = r
+    matrix = np.full((len(ids), len(columns)), np.nan)
+    col_index = {c: j for j, c in enumerate(columns)}
+    failures, kept, extra = {}, [], {}
+    for sid in ids:
+        res = by_subject[sid]
+        errors = list(dict.fromkeys(res[s]["error"] for s in settings.sequences if res[s]["status"] == "failed"))
+        if errors:
+            failures[sid] = "; ".join(errors)
+            continue
+        row = assemble_row({s: res[s]["item"] for s in settings.sequences}, settings, plan)
+        r = len(kept)
+        kept.append(sid)
+        for k, v in row.items():
+            j = col_index.get(k)
+            if j is None:  # a name the phantom did not produce (e.g. LoG sigma wider than 32 mm)
+                extra.setdefault(k, {})[sid] = v
+            else:
+                matrix[r, j] = v
+    df = pd.DataFrame(matrix[: len(kept)], index=pd.Index(kept, name="subject_id"), columns=columns)
+    if extra:
+        df = pd.concat([df, pd.DataFrame(extra, index=df.index, dtype=float)], axis=1)
     df.attrs["failures"] = failures
 
-    pd.DataFrame([_diagnostics_row(r) for r in ordered]).to_csv(key_dir / "diagnostics.csv", index=False)
-    pd.DataFrame({"subject_id": list(failures), "error": list(failures.values())}).to_csv(
-        key_dir / "failures.csv", index=False)
-    tmp = key_dir / f".features.parquet.{os.getpid()}.tmp"
-    df.to_parquet(tmp)
-    os.replace(tmp, key_dir / "features.parquet")
+    order = {sid: i for i, sid in enumerate(ids)}
+    seq_rank = {s: i for i, s in enumerate(settings.sequences)}
+    results.sort(key=lambda r: (order[r["subject_id"]], seq_rank[r["sequence"]]))
+    diagnostics = pd.DataFrame([_diagnostics_row(r, settings) for r in results])
+    _write_outputs(out_dir, df, diagnostics, failures)
 
+    counts = Counter(r["status"] for r in results)
     n_warn = Counter()
-    for r in ok:
-        n_warn.update((r["diagnostics"] or {}).get("warnings", {}) or {})
-    counts = Counter(r["status"] for r in ordered)
-    log.info("radiomics: %d computed, %d from cache, %d failed (%s)", counts["computed"], counts["cached"],
-             counts["failed"], key_dir)
+    for r in results:
+        n_warn.update(r.get("warnings") or {})
+    log.info("radiomics: %d items computed, %d from cache, %d failed; %d subjects x %d features in %.1f s (%s)",
+             counts["computed"], counts["cached"], counts["failed"], len(df), df.shape[1],
+             time.perf_counter() - t0, out_dir)
     if n_warn:
         log.warning("radiomics: %d warnings in %d kinds; most common: %s (details in %s)",
-                    sum(n_warn.values()), len(n_warn), n_warn.most_common(3), key_dir / "diagnostics.csv")
+                    sum(n_warn.values()), len(n_warn), n_warn.most_common(3), out_dir / "diagnostics.csv")
     return df
+
+
+def _expected_margin(item: dict | None, settings: FeatureSettings) -> list[int] | None:
+    # The margin depends on the voxel spacing, which a stored item records.
+    if not item or "spacing" not in item:
+        return None
+    return engine.crop_margin(settings, tuple(item["spacing"]))
+
+
+def _write_outputs(out_dir: Path, df: pd.DataFrame, diagnostics: pd.DataFrame, failures: dict) -> None:
+    pid = os.getpid()
+    tmp = out_dir / f".diagnostics.csv.{pid}.tmp"
+    diagnostics.to_csv(tmp, index=False)
+    os.replace(tmp, out_dir / "diagnostics.csv")
+    tmp = out_dir / f".failures.csv.{pid}.tmp"
+    pd.DataFrame({"subject_id": list(failures), "error": list(failures.values())}).to_csv(tmp, index=False)
+    os.replace(tmp, out_dir / "failures.csv")
+    tmp = out_dir / f".features.parquet.{pid}.tmp"
+    df.to_parquet(tmp)
+    os.replace(tmp, out_dir / "features.parquet")
+
+
+# Kept for callers of the walking skeleton.
+_params_key = params_digest

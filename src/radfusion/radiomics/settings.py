@@ -2,7 +2,8 @@
 
 The PyRadiomics part is an ordinary PyRadiomics parameter dict
 (``{"setting": {...}, "imageType": {...}, "featureClass": {...}}``) or a user's PyRadiomics YAML file,
-so anything PyRadiomics documents can be passed through unchanged.
+so anything PyRadiomics documents can be passed through unchanged. ``None`` values under ``setting``
+mean "not set" (so a config can carry ``binCount: null`` next to ``binWidth: 25``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from radfusion.data.cohort import SEQUENCES
-from radfusion.data.habitats import HABITATS
+from radfusion.data.habitats import ALL_HABITATS, HABITATS
 
 #: Bump when the meaning of cached features changes (column naming, preprocessing, empty handling).
-FEATURE_SCHEMA_VERSION = 1
+FEATURE_SCHEMA_VERSION = 2
+
+#: Ways to run the per-(subject, sequence) task list.
+BACKENDS: tuple[str, ...] = ("loky", "dask")
 
 #: Default PyRadiomics parameters for MRI z-scored in the brain and multiplied by 100
 #: (see :func:`radfusion.data.preprocess.zscore_in_brain`).
@@ -49,8 +53,11 @@ DEFAULT_PYRADIOMICS_PARAMS: dict[str, Any] = {
     },
 }
 
-#: Config keys that belong to neighbouring machinery (Hydra, scheduling) and are ignored here.
-_IGNORED_CONFIG_KEYS = {"backend", "scheduler", "cache_dir"}
+#: Config keys that belong to neighbouring machinery and are ignored here.
+_IGNORED_CONFIG_KEYS = {"cache_dir"}
+
+#: Fields that change how the work is scheduled, never the features (kept out of the cache key).
+_SCHEDULING_FIELDS = ("n_jobs", "backend", "scheduler")
 
 
 @dataclass
@@ -61,14 +68,19 @@ class FeatureSettings:
         params: PyRadiomics parameter dict (``setting``/``imageType``/``featureClass``); ignored when
             ``params_file`` is given.
         params_file: path of a PyRadiomics YAML/JSON parameter file, used as-is.
-        habitats: habitat names (see :mod:`radfusion.data.habitats`).
+        habitats: habitat names (``ET, NCR, ED, TC, WT`` and ``RING``, see :mod:`radfusion.data.habitats`).
         sequences: MRI sequences to extract from.
         spacing: isotropic resampling in mm before extraction (None = native grid).
-        normalize: ``"zscore"`` (in-brain z-score × ``normalize_scale``) or ``"none"``.
+        normalize: ``"zscore"`` (in-brain z-score × ``normalize_scale``) or ``"none"`` (then
+            PyRadiomics' own ``normalize`` setting, if on, is applied to each whole sequence).
         normalize_scale: multiplier after z-scoring (grey levels per SD).
-        crop_padding: voxels of padding around the whole-tumour bounding box when cropping.
+        crop_padding: voxels of padding around the whole-tumour (plus ring) bounding box when
+            cropping; filtered images (LoG, wavelet) are computed on that crop.
         min_voxels: habitats with fewer voxels are treated as empty (features NaN, ``_empty = 1``).
-        n_jobs: parallel worker processes (does not change the features).
+        ring_mm: width of the peritumoral ``RING`` habitat in mm.
+        n_jobs: parallel worker processes (-1 = all cores; does not change the features).
+        backend: ``"loky"`` (processes on this machine) or ``"dask"`` (a Dask distributed cluster).
+        scheduler: Dask scheduler address (``tcp://host:8786``); None starts a LocalCluster.
     """
 
     params: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_PYRADIOMICS_PARAMS))
@@ -80,11 +92,24 @@ class FeatureSettings:
     normalize_scale: float = 100.0
     crop_padding: int = 5
     min_voxels: int = 10
+    ring_mm: float = 5.0
     n_jobs: int = 1
+    backend: str = "loky"
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         if self.normalize not in ("zscore", "none"):
             raise ValueError(f"normalize must be 'zscore' or 'none', got {self.normalize!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        unknown = [h for h in self.habitats if h not in ALL_HABITATS]
+        if unknown or len(set(self.habitats)) != len(list(self.habitats)) or not list(self.habitats):
+            raise ValueError(f"habitats must be distinct names from {list(ALL_HABITATS)}, got {list(self.habitats)}")
+        unknown = [s for s in self.sequences if s not in SEQUENCES]
+        if unknown or len(set(self.sequences)) != len(list(self.sequences)) or not list(self.sequences):
+            raise ValueError(f"sequences must be distinct names from {list(SEQUENCES)}, got {list(self.sequences)}")
+        if not self.ring_mm > 0:
+            raise ValueError(f"ring_mm must be > 0 mm, got {self.ring_mm}")
         if self.params_file is not None and not Path(self.params_file).is_file():
             raise FileNotFoundError(f"PyRadiomics parameter file {self.params_file} does not exist")
         if self.crop_padding < 0 or self.min_voxels < 1:
@@ -94,19 +119,25 @@ class FeatureSettings:
         self.sequences = list(self.sequences)
         if self.spacing is not None:
             self.spacing = float(self.spacing)
+        self.ring_mm = float(self.ring_mm)
 
     @property
     def pyradiomics_params(self) -> dict | str:
-        """What to hand to ``RadiomicsFeatureExtractor``: the file path if given, else the dict."""
-        return str(self.params_file) if self.params_file is not None else self.params
+        """What to hand to ``RadiomicsFeatureExtractor``: the file path if given, else the dict
+        (with ``None``-valued settings removed: PyRadiomics' schema would reject them)."""
+        if self.params_file is not None:
+            return str(self.params_file)
+        params = copy.deepcopy(dict(self.params))
+        if isinstance(params.get("setting"), dict):
+            params["setting"] = {k: v for k, v in params["setting"].items() if v is not None}
+        return params
 
     @classmethod
     def from_config(cls, cfg: Any) -> FeatureSettings:
         """Build from a plain dict or an omegaconf ``DictConfig`` (e.g. Hydra's ``cfg.features``).
 
         Unknown keys raise (a typo must not silently fall back to a default), except keys starting
-        with ``_`` (Hydra's ``_target_``) and those of neighbouring machinery (``backend``,
-        ``scheduler``, ``cache_dir``).
+        with ``_`` (Hydra's ``_target_``) and ``cache_dir``.
         """
         if cfg is None:
             return cls()
@@ -126,18 +157,25 @@ class FeatureSettings:
         return cls(**kwargs)
 
     def cache_key(self) -> str:
-        """SHA-1 hex of exactly what changes the features (not ``n_jobs``).
+        """SHA-1 hex of exactly what changes the feature table (not ``n_jobs``/``backend``/``scheduler``).
 
-        A parameter file enters by its content, not its path; the PyRadiomics version enters too,
-        since feature definitions have changed between releases.
+        It names the folder of ``features.parquet``; the per-(subject, sequence) cache below it is
+        keyed more finely (see :mod:`radfusion.radiomics.engine`). A parameter file enters by its
+        content, not its path; the PyRadiomics version enters too, since feature definitions have
+        changed between releases.
         """
         import radiomics
 
         state = asdict(self)
-        state.pop("n_jobs")
+        for name in _SCHEDULING_FIELDS:
+            state.pop(name)
+        if "RING" not in self.habitats:
+            state.pop("ring_mm")  # irrelevant without the ring: old keys stay valid
         if self.params_file is not None:
             state.pop("params")
             state["params_file"] = hashlib.sha1(Path(self.params_file).read_bytes()).hexdigest()
+        else:
+            state["params"] = self.pyradiomics_params
         state["pyradiomics"] = str(radiomics.__version__)
         state["schema"] = FEATURE_SCHEMA_VERSION
         blob = json.dumps(state, sort_keys=True, default=str, separators=(",", ":"))

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from radfusion.data.splits import SPLITS
 from radfusion.evaluation.metrics import auc_with_ci
 from radfusion.evaluation.plots import plot_roc
+from radfusion.models.lit_module import harrell_c
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +51,29 @@ def _predict(trainer: pl.Trainer, model: pl.LightningModule, dm, ckpt_path: str 
     rows = []
     with torch.no_grad():
         for split in SPLITS:
-            loader = dm.split_dataloader(split)
-            for batch in loader:
-                probs = torch.sigmoid(model(batch)).cpu().numpy()
+            for batch in dm.split_dataloader(split):
+                pred = model.outputs_to_predictions(model(batch))
                 labels = batch["labels"].numpy().copy()
                 labels[batch["label_mask"].numpy() == 0] = np.nan
                 for i, sid in enumerate(batch["subject_id"]):
-                    row = {"subject_id": sid, "split": split, "fold": 0}
+                    row = {"subject_id": sid, "split": split, "fold": dm.fold}
                     for t, name in enumerate(dm.targets):
-                        row[f"prob_{name}"] = float(probs[i, t])
+                        row[f"prob_{name}"] = float(pred["probs"][i, t])
                         row[f"label_{name}"] = float(labels[i, t])
+                    if "risk" in pred:
+                        row["risk"] = float(pred["risk"][i])
                     rows.append(row)
-    return pd.DataFrame(rows)
+    return add_subject_columns(pd.DataFrame(rows), dm)
+
+
+def add_subject_columns(predictions: pd.DataFrame, dm) -> pd.DataFrame:
+    """Site and survival columns of the data contract, so evaluation needs only this file."""
+    clinical = dm.cohort.clinical
+    predictions["site"] = clinical.loc[predictions["subject_id"], "site"].to_numpy()
+    if getattr(dm, "survival_target", False):
+        for col in ("os_days", "os_event"):
+            predictions[col] = dm.survival.loc[predictions["subject_id"], col].to_numpy()
+    return predictions
 
 
 def write_run_outputs(out_dir: Path, predictions: pd.DataFrame, targets: list[str], extra: dict,
@@ -70,6 +82,11 @@ def write_run_outputs(out_dir: Path, predictions: pd.DataFrame, targets: list[st
     out_dir.mkdir(parents=True, exist_ok=True)
     predictions.to_csv(out_dir / "predictions.csv", index=False)
     metrics = dict(extra)
+    if "risk" in predictions:
+        for split in ("val", "test"):
+            part = predictions[predictions["split"] == split]
+            metrics[f"{split}/cindex"] = harrell_c(part["os_days"].to_numpy(float), part["os_event"].to_numpy(float),
+                                                   part["risk"].to_numpy(float))
     for name in targets:
         for split in ("val", "test"):
             part = predictions[predictions["split"] == split]
@@ -80,8 +97,9 @@ def write_run_outputs(out_dir: Path, predictions: pd.DataFrame, targets: list[st
                       predictions.loc[predictions.split == s, f"prob_{name}"]) for s in ("test", "val")}
         plot_roc(curves, out_dir / ("roc.png" if name == targets[0] else f"roc_{name}.png"),
                  f"{extra.get('experiment', '')} — {name.upper()}")
-    test_aucs = [metrics[f"test/auc_{t}"] for t in targets if not math.isnan(metrics[f"test/auc_{t}"])]
-    metrics["test/auc"] = float(np.mean(test_aucs)) if test_aucs else float("nan")
+    if targets:
+        test_aucs = [metrics[f"test/auc_{t}"] for t in targets if not math.isnan(metrics[f"test/auc_{t}"])]
+        metrics["test/auc"] = float(np.mean(test_aucs)) if test_aucs else float("nan")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return metrics
 
@@ -99,10 +117,13 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
     mode = cfg.model.mode
     log.info("building datamodule (mode=%s)", mode)
-    dm = instantiate(cfg.data, use_images=mode != "handcrafted", use_radiomics=mode != "deep")
+    uses_images = mode in ("deep", "hybrid")
+    dm = instantiate(cfg.data, use_images=uses_images, use_radiomics=mode != "deep")
     dm.prepare_data()
     dm.setup("fit")
     t_data = time.perf_counter() - t0
+    if cfg.model.get("baseline"):
+        return _train_baseline(cfg, dm, out_dir, t0, t_data)
 
     model = instantiate(cfg.model, radiomics_dim=dm.radiomics_dim or None)
     callbacks = _instantiate_list(cfg.get("callbacks"))
@@ -119,26 +140,54 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         test_metrics = trainer.test(model, datamodule=dm, ckpt_path=ckpt or None)[0]
 
     predictions = _predict(trainer, model, dm, ckpt or None)
-    extra = {
-        "experiment": cfg.get("task_name"), "mode": mode, "targets": list(dm.targets),
-        "seed": cfg.get("seed"), "best_checkpoint": ckpt,
-        "val/auc_best": float(model.best_val_auc) if math.isfinite(model.best_val_auc) else None,
-        "n_subjects": {s: len(dm.splits[s]) for s in SPLITS}, "splits_file": str(dm.splits_file),
-        "n_radiomics_raw": len(getattr(dm, "feature_names_in", [])), "n_radiomics_model": dm.radiomics_dim,
-        "excluded_subjects": dm.failures, "epochs": trainer.current_epoch,
-        "seconds_data": round(t_data, 1), "seconds_total": round(time.perf_counter() - t0, 1),
-    }
+    extra = _run_summary(cfg, dm, mode, t0, t_data)
+    extra.update({"best_checkpoint": ckpt, "epochs": trainer.current_epoch,
+                  **{k: float(v) for k, v in model.best.items() if math.isfinite(v)}})
+    extra = {("val/auc_best" if k == "val/auc" else "val/cindex_best" if k == "val/cindex" else k): v
+             for k, v in extra.items()}
     metrics = write_run_outputs(out_dir, predictions, list(dm.targets), extra,
                                 n_boot=int(cfg.get("n_bootstrap", 2000)))
-    metrics.update({k: float(v) for k, v in test_metrics.items()})
+    metrics.update({k: float(v) for k, v in test_metrics.items() if k not in metrics})
     for lg in loggers:
         lg.log_metrics({k: v for k, v in metrics.items()
                         if k.startswith("test/") and isinstance(v, float) and math.isfinite(v)})
-    name = dm.targets[0]
-    log.info("test AUC (%s, %s): %.3f [95%% CI %.3f–%.3f], n=%d — results in %s", name, mode,
-             metrics[f"test/auc_{name}"], metrics[f"test/auc_{name}_ci_low"],
-             metrics[f"test/auc_{name}_ci_high"], metrics[f"test/auc_{name}_n"], out_dir)
+    _report(metrics, dm, mode, out_dir)
     return metrics, {"cfg": cfg, "datamodule": dm, "model": model, "trainer": trainer}
+
+
+def _run_summary(cfg: DictConfig, dm, mode: str, t0: float, t_data: float) -> dict:
+    return {
+        "experiment": cfg.get("task_name"), "mode": mode, "targets": list(dm.targets),
+        "survival": bool(getattr(dm, "survival_target", False)), "seed": cfg.get("seed"), "fold": dm.fold,
+        "n_subjects": {s: len(dm.splits[s]) for s in SPLITS}, "splits_file": str(dm.splits_file),
+        "n_radiomics_raw": len(getattr(dm, "feature_names_in", [])), "n_radiomics_model": dm.radiomics_dim,
+        "excluded_subjects": dm.failures,
+        "seconds_data": round(t_data, 1), "seconds_total": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _report(metrics: dict, dm, mode: str, out_dir: Path) -> None:
+    """One log line per head with the test metric and its CI — what a user reads first."""
+    for name in dm.targets:
+        log.info("test AUC (%s, %s): %.3f [95%% CI %.3f–%.3f], n=%d", name, mode, metrics[f"test/auc_{name}"],
+                 metrics[f"test/auc_{name}_ci_low"], metrics[f"test/auc_{name}_ci_high"],
+                 metrics[f"test/auc_{name}_n"])
+    if "test/cindex" in metrics:
+        log.info("test C-index (survival, %s): %.3f", mode, metrics["test/cindex"])
+    log.info("results in %s", out_dir)
+
+
+def _train_baseline(cfg: DictConfig, dm, out_dir: Path, t0: float, t_data: float) -> tuple[dict, dict]:
+    """Classical baseline (scikit-learn / scikit-survival) on the same split and feature pipeline."""
+    from radfusion.baselines import run_baseline
+
+    predictions = add_subject_columns(run_baseline(OmegaConf.to_container(cfg.model, resolve=True), dm), dm)
+    extra = _run_summary(cfg, dm, cfg.model.mode, t0, t_data)
+    metrics = write_run_outputs(out_dir, predictions, list(dm.targets), extra,
+                                n_boot=int(cfg.get("n_bootstrap", 2000)))
+    metrics["val/auc_best"] = metrics.get("val/auc_" + dm.targets[0]) if dm.targets else None
+    _report(metrics, dm, cfg.model.mode, out_dir)
+    return metrics, {"cfg": cfg, "datamodule": dm, "predictions": predictions}
 
 
 def run_task(task, cfg: DictConfig):

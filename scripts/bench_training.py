@@ -1,0 +1,223 @@
+"""Training-step benchmark of the deep branch: data loading vs compute per encoder, and frozen-mode trials.
+
+    python scripts/bench_training.py                       # 4x96^3 ROIs, batch 2, every encoder (CPU: minutes)
+    python scripts/bench_training.py --size 48 --steps 4   # quick
+    python scripts/bench_training.py --device cuda --amp   # GPU with mixed precision (+ utilisation)
+
+Per encoder (the configs in configs/model/encoder/), on ROI tensors of the default synthetic cohort
+cached at ``--size``³ (built once into cache/rois/):
+
+- ``data ms``: one training batch from the DataLoader (``.npy`` read + training augmentation);
+- ``nifti ms``: the same batch built from the NIfTI files (what the ROI cache saves);
+- ``compute ms``: forward + loss + backward + AdamW step of the deep model;
+- ``data %``: data / (data + compute) — the target is < 10 % with the cache.
+
+Frozen mode: the one-off embedding time per subject, the fusion-head training time of one sweep trial
+(``--epochs`` epochs of the hybrid head from cached embeddings, Lightning loop included), and the wall
+time of a whole ``train(cfg)`` trial with warm caches (what each Optuna trial costs). Target <= 10 s.
+
+Timings on a shared machine are noisy: the script reports medians over ``--steps`` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+ENCODERS = ("resnet10", "resnet18", "densenet121", "segresnet", "swin")
+
+
+def _compose(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="train.yaml", overrides=overrides)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_encoder(name: str, roi_paths: list[Path], cohort, size: int, batch: int, steps: int, device: torch.device,
+                  amp: bool) -> dict:
+    from torch.utils.data import DataLoader
+
+    from radfusion.data.datamodule import SubjectDataset
+    from radfusion.data.roi import ROIAugment, ROISettings, build_roi
+    from radfusion.models.fusion import FusionNet
+    from radfusion.models.lit_module import masked_bce
+
+    cfg = _compose(["experiment=idh_deep", f"model/encoder={name}", f"data.roi.size={size}"])
+    torch.manual_seed(0)
+    encoder = instantiate(cfg.model.encoder)
+    net = FusionNet("deep", encoder=encoder).to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    n_params = sum(p.numel() for p in net.parameters())
+    aug = ROIAugment(4, **cfg.data.augmentation)
+    labels = np.zeros((len(roi_paths), 1))
+    loader = DataLoader(SubjectDataset([p.stem for p in roi_paths], labels, roi_paths=roi_paths, transform=aug),
+                        batch_size=batch, shuffle=True, drop_last=True)
+    scaler = torch.amp.GradScaler(enabled=amp and device.type == "cuda")
+    data_t, comp_t, util = [], [], []
+    it = iter(loader)
+    for step in range(steps + 1):  # step 0 warms up (allocator, MONAI lazy imports, cuDNN autotune)
+        t0 = time.perf_counter()
+        try:
+            b = next(it)
+        except StopIteration:
+            it = iter(loader)
+            b = next(it)
+        x = b["image"].to(device, non_blocking=True)
+        y, m = b["labels"].to(device), b["label_mask"].to(device)
+        _sync(device)
+        t1 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
+                            enabled=amp):
+            loss = masked_bce(net(image=x).float(), y, m)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        _sync(device)
+        t2 = time.perf_counter()
+        if step:
+            data_t.append(t1 - t0)
+            comp_t.append(t2 - t1)
+            if device.type == "cuda":
+                try:
+                    util.append(torch.cuda.utilization(device))
+                except Exception:  # noqa: BLE001 - needs pynvml; utilisation is optional
+                    pass
+    # what the ROI cache saves: the same batch built from NIfTI
+    settings = ROISettings(size=size)
+    subjects = [s for s in cohort.subjects][:batch]
+    t0 = time.perf_counter()
+    for s in subjects:
+        build_roi(s, settings, cohort.label_convention)
+    nifti = time.perf_counter() - t0
+    d, c = statistics.median(data_t), statistics.median(comp_t)
+    row = {"encoder": name, "params_M": n_params / 1e6, "data_ms": 1000 * d, "nifti_ms": 1000 * nifti,
+           "compute_ms": 1000 * c, "data_pct": 100 * d / (d + c), "step_s": d + c}
+    if util:
+        row["gpu_util_pct"] = statistics.mean(util)
+    if device.type == "cuda":
+        row["peak_mem_GB"] = torch.cuda.max_memory_allocated(device) / 1e9
+        torch.cuda.reset_peak_memory_stats(device)
+    return row
+
+
+def bench_frozen(name: str, epochs: int, threads: int) -> dict:
+    """Embedding time per subject, head-only fit time and a whole train() trial, default cohort."""
+    import pytorch_lightning as pl
+
+    from radfusion.models.embeddings import compute_embeddings
+    from radfusion.training.pipeline import train
+
+    out = Path(tempfile.mkdtemp(prefix="bench_frozen_"))
+    overrides = ["experiment=idh_hybrid", f"model/encoder={name}", "model.encoder.frozen=true", "logger=csv",
+                 f"trainer.max_epochs={epochs}", "+trainer.enable_progress_bar=false",
+                 "+trainer.enable_model_summary=false", "data.progress=false", f"threads={threads}"]
+    cfg = _compose(overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out / "prepare")
+    # 1. one-off embeddings (into a scratch cache so the measurement always computes them)
+    dm = instantiate(cfg.data, use_images=True, use_radiomics=True)
+    dm.prepare_data()
+    dm.setup("fit")
+    pl.seed_everything(cfg.seed)
+    encoder = instantiate(cfg.model.encoder)
+    t0 = time.perf_counter()
+    compute_embeddings(encoder, {s: dm.roi_paths[s] for s in dm.ids}, out / "scratch_cache")
+    embed_s = (time.perf_counter() - t0) / len(dm.ids)
+    # 2. whole trials with warm caches (first one fills cache/embeddings); the last is reported
+    walls, fits = [], []
+    for i in range(2):
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(out / f"trial{i}")
+        t0 = time.perf_counter()
+        metrics, objects = train(cfg)
+        walls.append(time.perf_counter() - t0)
+        fits.append(metrics["seconds_total"] - metrics["seconds_data"])
+    return {"encoder": name, "embed_ms_per_subject": 1000 * embed_s, "epochs": epochs,
+            "trial_fit_test_predict_s": fits[-1], "trial_data_prep_s": walls[-1] - fits[-1],
+            "trial_wall_s": walls[-1], "val_auc_best": metrics.get("val/auc_best")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=96, help="ROI edge in voxels (channels: 4 sequences)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per encoder (after one warm-up)")
+    parser.add_argument("--encoders", default=",".join(ENCODERS))
+    parser.add_argument("--subjects", type=int, default=16, help="ROIs built/used for the step benchmark")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on CPU)")
+    parser.add_argument("--frozen", default="resnet10", help="encoders for the frozen-trial benchmark ('' = skip)")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs of one frozen-mode trial")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("RADFUSION_ROOT", str(ROOT))
+    os.environ.setdefault("WANDB_MODE", "offline")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    from radfusion.data.roi import ROISettings, build_roi_cache
+
+    cfg = _compose(["experiment=idh_deep"])
+    dm = instantiate(cfg.data, use_images=False, use_radiomics=False, progress=False)
+    cohort = dm.load_cohort()
+    cohort.subjects = cohort.subjects[: args.subjects]
+    t0 = time.perf_counter()
+    paths, failures = build_roi_cache(cohort, ROISettings(size=args.size), ROOT / "cache", n_jobs=1, progress=False)
+    print(f"ROI cache: {len(paths)} subjects at {args.size}^3 ready in {time.perf_counter() - t0:.1f} s "
+          f"({len(failures)} failures)", file=sys.stderr)
+    roi_paths = [paths[s.subject_id] for s in cohort.subjects if s.subject_id in paths]
+
+    rows = []
+    for name in [e for e in args.encoders.split(",") if e]:
+        rows.append(bench_encoder(name, roi_paths, cohort, args.size, args.batch, args.steps, device, args.amp))
+        print(rows[-1], file=sys.stderr)
+    frozen = [bench_frozen(name, args.epochs, args.threads) for name in args.frozen.split(",") if name]
+
+    title = f"4x{args.size}^3, batch {args.batch}, {args.device}{' AMP' if args.amp else ''}, {args.threads} threads"
+    print(f"\n### Training step: data loading vs compute ({title}; median of {args.steps} steps)\n")
+    extra = [k for k in ("gpu_util_pct", "peak_mem_GB") if any(k in r for r in rows)]
+    print("| encoder | params (M) | data ms | from NIfTI ms | compute ms | data % | " +
+          " | ".join(extra) + (" |" if extra else ""))
+    print("|---|---|---|---|---|---|" + "---|" * len(extra))
+    for r in rows:
+        cells = [r["encoder"], f"{r['params_M']:.2f}", f"{r['data_ms']:.0f}", f"{r['nifti_ms']:.0f}",
+                 f"{r['compute_ms']:.0f}", f"{r['data_pct']:.1f}"] + [f"{r.get(k, float('nan')):.1f}" for k in extra]
+        print("| " + " | ".join(cells) + " |")
+    if rows:
+        ratio = statistics.median(r["nifti_ms"] / max(r["data_ms"], 1e-9) for r in rows)
+        print(f"\nROI cache vs NIfTI: data loading {ratio:.0f}x faster (median over encoders)")
+    if frozen:
+        print(f"\n### Frozen-encoder mode (default cohort, {args.epochs} epochs per trial)\n")
+        print("| encoder | embedding ms/subject (once) | trial: fit+test+predict s | trial: data prep s | "
+              "trial wall s | val AUC best |")
+        print("|---|---|---|---|---|---|")
+        for f in frozen:
+            print(f"| {f['encoder']} | {f['embed_ms_per_subject']:.0f} | {f['trial_fit_test_predict_s']:.1f} | "
+                  f"{f['trial_data_prep_s']:.1f} | {f['trial_wall_s']:.1f} | {f['val_auc_best']} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"steps": rows, "frozen": frozen}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

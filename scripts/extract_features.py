@@ -1,0 +1,26 @@
+"""Extract habitat radiomics of any cohort into ``features.parquet`` (Hydra entry point).
+
+    python scripts/extract_features.py cohort.source=brats2021 cohort.path=/data/BraTS2021 features=full
+
+Thin wrapper: the work lives in :func:`radfusion.radiomics.job.run_extraction`; the configuration is
+``configs/extract.yaml`` (see ``docs/radiomics.md``).
+"""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("RADFUSION_ROOT", str(Path(__file__).resolve().parents[1]))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from radfusion.radiomics.job import run_extraction  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="extract.yaml")
+def main(cfg: DictConfig) -> None:
+    run_extraction(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""``run_baseline(model_cfg, dm)``: a classical model on the datamodule's splits and fitted features.
+
+The datamodule has already split the subjects and fitted the radiomics pipeline (imputation,
+filtering, scaling) on the training subjects; baselines read ``dm.radiomics[split]`` and therefore
+see exactly the features the Lightning modes see. Models are fitted on training rows with a known
+label (markers) or known survival only. A hyperparameter grid, when configured, is chosen by the
+validation split (AUC for markers, Harrell's C for survival), never by the test split.
+
+The returned table has one row per subject of every split, in the same layout as the Lightning
+runs' ``predictions.csv``::
+
+    subject_id, split, fold, prob_<marker>, label_<marker>        (marker baselines)
+    subject_id, split, fold, risk, os_days, os_event              (survival baselines)
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import ParameterGrid
+from sksurv.metrics import concordance_index_censored
+from sksurv.util import Surv
+
+from radfusion.baselines.estimators import (
+    BASELINES,
+    CLASSIFIERS,
+    SURVIVAL_MODELS,
+    make_estimator,
+    positive_probability,
+)
+from radfusion.data.splits import SPLITS
+
+log = logging.getLogger(__name__)
+
+
+class BaselineError(ValueError):
+    """Data a baseline cannot be fitted on; the message names the marker/split/subjects."""
+
+
+def _features(dm) -> dict[str, np.ndarray]:
+    X = {}
+    for split in SPLITS:
+        ids = list(dm.splits[split])
+        arr = np.asarray(dm.radiomics[split], dtype=np.float64)
+        if arr.ndim != 2 or arr.shape[0] != len(ids):
+            raise BaselineError(f"dm.radiomics[{split!r}] has shape {arr.shape}; expected ({len(ids)}, F) rows "
+                                f"aligned with dm.splits[{split!r}]")
+        bad = ~np.isfinite(arr).all(axis=1)
+        if bad.any():
+            who = [ids[i] for i in np.flatnonzero(bad)[:5]]
+            raise BaselineError(f"non-finite radiomics features for subject(s) {who} ({split} split) "
+                                "after in-fold processing")
+        X[split] = arr
+    widths = {a.shape[1] for a in X.values()}
+    if len(widths) != 1:
+        raise BaselineError(f"radiomics matrices of the splits have different widths {sorted(widths)}")
+    return X
+
+
+def _val_score(kind: str, model: BaseEstimator, X: np.ndarray, y, **predict_kw) -> float:
+    if kind in CLASSIFIERS:
+        return float(roc_auc_score(y, positive_probability(model, X)))
+    return float(concordance_index_censored(y["event"], y["time"], model.predict(X, **predict_kw))[0])
+
+
+def _val_usable(kind: str, y) -> bool:
+    if y is None or len(y) < 2:
+        return False
+    if kind in CLASSIFIERS:
+        return len(np.unique(y)) == 2
+    return int(np.sum(y["event"])) >= 1 and len(np.unique(y["time"])) > 1
+
+
+def _fit_select(kind: str, cfg: dict, X_train, y_train, X_val, y_val, what: str, n_min_class: int = 5):
+    """Fit on train (each grid point if a grid is given) and keep the best validation score.
+
+    Returns ``(model, chosen_params, scores, predict_kw)``; ``predict_kw`` carries Coxnet's alpha.
+    """
+    seed = int(cfg.get("seed", 0))
+    params = dict(cfg.get("params") or {})
+    grid = {k: list(v) for k, v in (cfg.get("grid") or {}).items()}
+    usable = _val_usable(kind, y_val)
+    if (grid or kind == "coxnet") and not usable:
+        log.warning("baseline %s (%s): the validation split cannot score a choice (too few labelled "
+                    "subjects / classes / events); using the configured params without selection", kind, what)
+        grid = {}
+    candidates = [{**params, **g} for g in ParameterGrid(grid)] if grid else [params]
+    best, scores = None, []
+    for cand in candidates:
+        model = make_estimator(kind, cand, seed, n_min_class)
+        caught = _fit_quietly(model, X_train, y_train, kind, what)
+        if caught is not None:  # a grid point that cannot be fitted (e.g. Cox diverges at small alpha)
+            if len(candidates) == 1:
+                raise caught
+            scores.append({"params": _jsonable(cand), "score": None, "error": str(caught)})
+            continue
+        if kind == "coxnet" and usable:
+            # One Coxnet fit gives the whole regularisation path; choose alpha along it.
+            path = [float(a) for a in model.alphas_]
+            path_scores = [_val_score(kind, model, X_val, y_val, alpha=a) for a in path]
+            i = int(np.nanargmax(path_scores))
+            kw, score = {"alpha": path[i]}, path_scores[i]
+        elif kind == "coxnet":
+            alpha = cfg.get("alpha")
+            kw, score = {"alpha": float(alpha) if alpha is not None else float(np.median(model.alphas_))}, None
+        else:
+            kw, score = {}, (_val_score(kind, model, X_val, y_val) if usable and len(candidates) > 1 else None)
+        scores.append({"params": _jsonable({**cand, **kw}), "score": score})
+        if best is None or (score is not None and (best[3] is None or score > best[3])):
+            best = (model, {**cand, **kw}, kw, score)
+    if best is None:
+        raise BaselineError(f"baseline {kind} ({what}): no grid point could be fitted: {scores}")
+    model, chosen, kw, _ = best
+    if len(scores) > 1:
+        log.info("baseline %s (%s): chose %s by validation %s", kind, what, _jsonable(chosen),
+                 "AUC" if kind in CLASSIFIERS else "C-index")
+    return model, _jsonable(chosen), scores, kw
+
+
+def _fit_quietly(model, X, y, kind: str, what: str) -> Exception | None:
+    """Fit, turning solver warnings into one summary line (sksurv and liblinear are chatty)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.fit(X, y)
+        except (ArithmeticError, ValueError, np.linalg.LinAlgError) as err:
+            return BaselineError(f"baseline {kind} ({what}) failed to fit: {err}")
+    counts = Counter(str(w.message).splitlines()[0][:120] for w in caught
+                     if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)))
+    for msg, n in counts.items():
+        log.warning("baseline %s (%s): %d× %s", kind, what, n, msg)
+    return None
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
+
+
+def _index(dm) -> dict[str, int]:
+    return {s: i for i, s in enumerate(dm.ids)}
+
+
+def _marker_predictions(kind: str, cfg: dict, dm, X: dict, out: dict, info: dict) -> None:
+    index = _index(dm)
+    labels = np.asarray(dm.labels, dtype=np.float64).reshape(len(dm.ids), len(dm.targets))
+    for t, marker in enumerate(dm.targets):
+        y = {s: labels[[index[i] for i in dm.splits[s]], t] for s in SPLITS}
+        bad = ~np.isnan(y["train"]) & ~np.isin(y["train"], (0.0, 1.0))
+        if bad.any():
+            raise BaselineError(f"marker {marker!r}: labels must be 0/1/NaN; train subject "
+                                f"{dm.splits['train'][int(np.argmax(bad))]} has {y['train'][bad][0]}")
+        known = ~np.isnan(y["train"])
+        classes, counts = np.unique(y["train"][known], return_counts=True)
+        if len(classes) < 2:
+            raise BaselineError(
+                f"marker {marker!r}: the train split has {int(known.sum())} labelled subjects, "
+                f"{'all of class ' + str(int(classes[0])) if len(classes) else 'none'}; a classifier needs both "
+                "classes. Add subjects, change data.split, or drop the marker from data.targets")
+        vk = ~np.isnan(y["val"])
+        model, chosen, scores, _ = _fit_select(
+            kind, cfg, X["train"][known], y["train"][known].astype(int), X["val"][vk],
+            y["val"][vk].astype(int), marker, n_min_class=int(counts.min()))
+        info["chosen"][marker], info["val_scores"][marker] = chosen, scores
+        info["n_train"][marker] = int(known.sum())
+        for s in SPLITS:
+            out[s][f"prob_{marker}"] = positive_probability(model, X[s])
+            out[s][f"label_{marker}"] = y[s]
+
+
+def _survival_arrays(dm) -> tuple[np.ndarray, np.ndarray]:
+    surv = dm.survival
+    missing = [c for c in ("os_days", "os_event") if c not in surv.columns]
+    if missing:
+        raise BaselineError(f"dm.survival lacks column(s) {missing}")
+    surv = surv.reindex(dm.ids)
+    time, event = surv["os_days"].to_numpy(np.float64), surv["os_event"].to_numpy(np.float64)
+    bad_t = np.flatnonzero(time <= 0)
+    if len(bad_t):
+        raise BaselineError(f"os_days must be > 0; subject(s) {[dm.ids[i] for i in bad_t[:5]]} have "
+                            f"{time[bad_t[:5]].tolist()}")
+    bad_e = np.flatnonzero(~np.isnan(event) & ~np.isin(event, (0.0, 1.0)))
+    if len(bad_e):
+        raise BaselineError(f"os_event must be 0 (censored) or 1 (death); subject(s) "
+                            f"{[dm.ids[i] for i in bad_e[:5]]} have {event[bad_e[:5]].tolist()}")
+    return time, event
+
+
+def _survival_predictions(kind: str, cfg: dict, dm, X: dict, out: dict, info: dict) -> None:
+    index = _index(dm)
+    time, event = _survival_arrays(dm)
+    rows = {s: np.array([index[i] for i in dm.splits[s]], dtype=int) for s in SPLITS}
+    ys, known = {}, {}
+    for s in SPLITS:
+        k = np.isfinite(time[rows[s]]) & np.isfinite(event[rows[s]])
+        known[s] = k
+        ys[s] = Surv.from_arrays(event=event[rows[s]][k].astype(bool), time=time[rows[s]][k])
+    n_ev = int(ys["train"]["event"].sum())
+    if n_ev < 2:
+        raise BaselineError(f"survival: the train split has {n_ev} event(s) among {int(known['train'].sum())} "
+                            "subjects with survival data; at least 2 are needed (all-censored data cannot fit a "
+                            "Cox model). Add subjects or change data.split")
+    if n_ev == int(known["train"].sum()):
+        log.warning("survival: every training subject has an event (no censoring)")
+    model, chosen, scores, kw = _fit_select(kind, cfg, X["train"][known["train"]], ys["train"],
+                                            X["val"][known["val"]], ys["val"], "survival")
+    info["chosen"]["survival"], info["val_scores"]["survival"] = chosen, scores
+    info["n_train"]["survival"], info["n_events_train"] = int(known["train"].sum()), n_ev
+    for s in SPLITS:
+        out[s]["risk"] = np.asarray(model.predict(X[s], **kw), dtype=np.float64)
+        out[s]["os_days"], out[s]["os_event"] = time[rows[s]], event[rows[s]]
+
+
+def run_baseline(model_cfg: dict, dm) -> pd.DataFrame:
+    """Fit one classical baseline and predict every subject of every split.
+
+    Args:
+        model_cfg: ``{baseline: lr_l1|lr_l2|rf|svm|coxph|coxnet|rsf, params: {...estimator kwargs},
+            grid: {param: [values]} (optional; chosen by validation AUC / C-index), seed: int,
+            alpha: float (Coxnet only, used when the validation split cannot choose)}``.
+        dm: a set-up datamodule with ``ids, targets, labels (N, T), survival (DataFrame os_days,
+            os_event), splits, radiomics (split -> (n_split, F)), fold``.
+
+    Returns:
+        The predictions table (see the module docstring). ``df.attrs["baseline"]`` holds the kind,
+        the chosen hyperparameters and every validation score, for ``metrics.json``.
+
+    Raises:
+        BaselineError: a marker with one class in the train split, fewer than 2 training events,
+            non-positive times, misaligned features — before anything is fitted for that target.
+    """
+    cfg = dict(model_cfg)
+    kind = cfg.get("baseline")
+    if kind not in BASELINES:
+        raise BaselineError(f"model.baseline must be one of {list(BASELINES)}, got {kind!r}")
+    X = _features(dm)
+    out = {s: {"subject_id": list(dm.splits[s]), "split": s, "fold": int(getattr(dm, "fold", 0))} for s in SPLITS}
+    info = {"kind": kind, "chosen": {}, "val_scores": {}, "n_train": {}, "n_features": int(X["train"].shape[1])}
+    if kind in CLASSIFIERS:
+        if not list(dm.targets):
+            raise BaselineError(f"baseline {kind} predicts markers but data.targets is empty; "
+                                "use a survival baseline (coxph, coxnet, rsf) or set data.targets")
+        _marker_predictions(kind, cfg, dm, X, out, info)
+    else:
+        assert kind in SURVIVAL_MODELS
+        _survival_predictions(kind, cfg, dm, X, out, info)
+    table = pd.concat([pd.DataFrame(out[s]) for s in SPLITS], ignore_index=True)
+    table.attrs["baseline"] = info
+    return table

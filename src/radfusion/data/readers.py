@@ -1,0 +1,218 @@
+"""Readers for the BraTS 2023 GLI and nnU-Net raw layouts, returning the same :class:`Cohort` as
+:func:`radfusion.data.cohort.read_manifest` and :func:`radfusion.data.cohort.read_brats2021`.
+
+BraTS 2023 GLI (also MEN / MET / SSA / PED, which share the layout)::
+
+    <root>/BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz
+
+``t1n`` → ``t1``, ``t1c`` → ``t1ce``, ``t2w`` → ``t2``, ``t2f`` → ``flair``; labels ``1 NCR, 2 ED, 3 ET``.
+
+nnU-Net raw (``nnUNet_raw/DatasetXXX_Name``)::
+
+    dataset.json, imagesTr/<case>_0000.nii.gz ... <case>_0003.nii.gz, labelsTr/<case>.nii.gz
+
+The channel order comes from ``dataset.json``'s ``channel_names`` (``{"0": "T1", "1": "T1ce", ...}``,
+names matched case-insensitively, e.g. ``t1n/T1w → t1``, ``T1Gd/t1c → t1ce``, ``t2w → t2``,
+``t2f/FLAIR → flair``); the label convention from its ``labels``: explicit names
+(``{"necrosis": 1, "edema": 2, "enhancing tumor": 3}``) or nnU-Net's BraTS regions
+(``{"whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}`` → ``ET = 3``,
+``NCR = core − ET = 2``, ``ED = whole − core = 1``, as in nnU-Net's ``Dataset137_BraTS21``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from radfusion.data.cohort import SEQUENCES, Cohort, CohortError, Subject, _clinical_frame
+from radfusion.data.habitats import convention_labels
+
+log = logging.getLogger(__name__)
+
+#: BraTS 2023 file suffix per radfusion sequence name.
+BRATS2023_SUFFIXES: dict[str, str] = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
+
+#: Channel-name spellings (lower case, non-alphanumerics removed) per sequence.
+_CHANNEL_ALIASES: dict[str, set[str]] = {
+    "t1": {"t1", "t1n", "t1w", "t1native", "t1pre", "native"},
+    "t1ce": {"t1ce", "t1c", "t1gd", "t1wce", "t1post", "t1contrast", "t1wc", "t1cegd", "t1wgd"},
+    "t2": {"t2", "t2w"},
+    "flair": {"flair", "t2f", "t2flair", "t2wflair"},
+}
+_LABEL_ALIASES: dict[str, set[str]] = {
+    "NCR": {"ncr", "necrosis", "necrotic", "necroticcore", "ncrnet", "netc", "nonenhancingtumorcore", "nonenhancing"},
+    "ED": {"ed", "edema", "oedema", "peritumoraledema", "snfh", "surroundingflairhyperintensity"},
+    "ET": {"et", "enhancing", "enhancingtumor", "enhancingtumour"},
+}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def _attach_clinical(subjects: list[Subject], clinical_csv: str | Path | None, source: str) -> pd.DataFrame:
+    """Clinical table for ``subjects`` (one row each, unknown where the CSV has no row)."""
+    ids = [s.subject_id for s in subjects]
+    if clinical_csv is None:
+        clinical = _clinical_frame(pd.DataFrame({"subject_id": ids}), source)
+    else:
+        if not Path(clinical_csv).is_file():
+            raise CohortError(f"clinical CSV {clinical_csv} does not exist")
+        clinical = _clinical_frame(pd.read_csv(clinical_csv, dtype={"subject_id": str}), str(clinical_csv))
+        unknown = sorted(set(clinical.index) - set(ids))
+        if unknown:
+            log.warning("%s: %d clinical rows without images ignored (e.g. %s)", clinical_csv, len(unknown),
+                        unknown[:3])
+        clinical = clinical.reindex(ids)
+        clinical["subject_id"] = ids
+        clinical["site"] = clinical["site"].fillna("unknown")
+    for s in subjects:
+        s.clinical = clinical.loc[s.subject_id].to_dict()
+    return clinical
+
+
+# --------------------------------------------------------------------------------------------
+# BraTS 2023
+# --------------------------------------------------------------------------------------------
+
+def _brats2023_file(case: Path, suffix: str) -> Path | None:
+    for sep in ("-", "_"):
+        for ext in (".nii.gz", ".nii"):
+            f = case / f"{case.name}{sep}{suffix}{ext}"
+            if f.exists():
+                return f
+    return None
+
+
+def read_brats2023(root: str | Path, clinical_csv: str | Path | None = None,
+                   label_convention: str | dict = "brats2023") -> Cohort:
+    """Read the BraTS 2023 layout ``<root>/<id>/<id>-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (``_`` also accepted).
+
+    A case without ``-seg`` gets ``seg=None`` (validation data). A folder that lacks a sequence
+    raises :class:`CohortError` naming the folder and the expected file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CohortError(f"BraTS 2023 folder {root} does not exist")
+    subjects = []
+    for case in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images = {}
+        for seq, suffix in BRATS2023_SUFFIXES.items():
+            f = _brats2023_file(case, suffix)
+            if f is None:
+                raise CohortError(f"subject {case.name}: missing sequence {seq}: expected file "
+                                  f"{case / f'{case.name}-{suffix}.nii.gz'}")
+            images[seq] = f.resolve()
+        seg = _brats2023_file(case, "seg")
+        subjects.append(Subject(case.name, images, seg.resolve() if seg is not None else None))
+    if not subjects:
+        raise CohortError(f"BraTS 2023 folder {root} holds no subject folders")
+    clinical = _attach_clinical(subjects, clinical_csv, str(root))
+    return Cohort(subjects, clinical, label_convention, root)
+
+
+# --------------------------------------------------------------------------------------------
+# nnU-Net raw
+# --------------------------------------------------------------------------------------------
+
+def channels_from_dataset_json(meta: dict, source: str) -> dict[str, int]:
+    """Sequence → channel index from ``channel_names`` (nnU-Net v2) or ``modality`` (v1)."""
+    names = meta.get("channel_names") or meta.get("modality")
+    if not isinstance(names, dict):
+        raise CohortError(f"{source}: no channel_names in dataset.json; pass channels={{'t1': 0, ...}}")
+    found: dict[str, int] = {}
+    for idx, name in names.items():
+        for seq, aliases in _CHANNEL_ALIASES.items():
+            if _norm(name) in aliases:
+                if seq in found:
+                    raise CohortError(f"{source}: channels {found[seq]} and {idx} both look like {seq} ({names})")
+                found[seq] = int(idx)
+    missing = [s for s in SEQUENCES if s not in found]
+    if missing:
+        raise CohortError(f"{source}: cannot tell which channel is {missing} from channel_names {names}; "
+                          "pass channels={'t1': 0, 't1ce': 1, 't2': 2, 'flair': 3}")
+    return found
+
+
+def convention_from_dataset_json(meta: dict, source: str) -> dict[str, int]:
+    """``{"NCR", "ED", "ET"}`` label values from dataset.json ``labels`` (names or BraTS regions)."""
+    labels = meta.get("labels")
+    if not isinstance(labels, dict):
+        raise CohortError(f"{source}: no labels in dataset.json; pass label_convention=")
+    as_sets = {_norm(k): {int(v)} if isinstance(v, (int, float)) else {int(x) for x in v} for k, v in labels.items()}
+    named: dict[str, int] = {}
+    for name, values in as_sets.items():
+        for part, aliases in _LABEL_ALIASES.items():
+            if name in aliases and len(values) == 1:
+                named[part] = next(iter(values))
+    if len(named) == 3:
+        return named
+    whole = as_sets.get("wholetumor") or as_sets.get("wholetumour") or as_sets.get("wt")
+    core = as_sets.get("tumorcore") or as_sets.get("tumourcore") or as_sets.get("tc")
+    enh = as_sets.get("enhancingtumor") or as_sets.get("enhancingtumour") or as_sets.get("et")
+    if whole and core and enh and enh < core < whole and len(enh) == 1 and len(core - enh) == 1 \
+            and len(whole - core) == 1:
+        return {"NCR": next(iter(core - enh)), "ED": next(iter(whole - core)), "ET": next(iter(enh))}
+    raise CohortError(f"{source}: cannot derive the NCR/ED/ET labels from {labels}; pass label_convention= "
+                      "(e.g. {'NCR': 1, 'ED': 2, 'ET': 3})")
+
+
+def read_nnunet_raw(root: str | Path, clinical_csv: str | Path | None = None,
+                    label_convention: str | dict | None = "auto", channels: dict[str, int] | None = None,
+                    split: str = "Tr") -> Cohort:
+    """Read an nnU-Net raw dataset folder (``dataset.json``, ``images<split>/``, ``labels<split>/``).
+
+    Args:
+        root: the ``DatasetXXX_Name`` folder.
+        clinical_csv: optional clinical table (``subject_id`` = nnU-Net case identifier).
+        label_convention: ``"auto"`` (from dataset.json ``labels``), a convention name or dict.
+        channels: sequence → channel index, overriding dataset.json ``channel_names``.
+        split: ``"Tr"`` (imagesTr + labelsTr) or ``"Ts"`` (imagesTs; labelsTs if present).
+    """
+    root = Path(root)
+    meta_path = root / "dataset.json"
+    if not meta_path.is_file():
+        raise CohortError(f"nnU-Net dataset {root}: no dataset.json")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as err:
+        raise CohortError(f"nnU-Net dataset {root}: dataset.json is not valid JSON ({err})") from None
+    ending = meta.get("file_ending", ".nii.gz")
+    if channels is None:
+        channels = channels_from_dataset_json(meta, str(meta_path))
+    else:
+        channels = {s: int(channels[s]) for s in SEQUENCES}
+    if label_convention in (None, "auto"):
+        label_convention = convention_from_dataset_json(meta, str(meta_path))
+    else:
+        convention_labels(label_convention)  # fail early on an unknown name
+    images_dir, labels_dir = root / f"images{split}", root / f"labels{split}"
+    if not images_dir.is_dir():
+        raise CohortError(f"nnU-Net dataset {root}: no folder {images_dir.name}")
+    pattern = re.compile(rf"^(?P<case>.+)_(?P<ch>\d{{4}}){re.escape(ending)}$")
+    cases: dict[str, dict[int, Path]] = {}
+    for f in sorted(images_dir.iterdir()):
+        m = pattern.match(f.name)
+        if m:
+            cases.setdefault(m["case"], {})[int(m["ch"])] = f.resolve()
+    if not cases:
+        raise CohortError(f"nnU-Net dataset {root}: no <case>_0000{ending} files in {images_dir}")
+    subjects = []
+    for case, files in cases.items():
+        images = {}
+        for seq in SEQUENCES:
+            ch = channels[seq]
+            if ch not in files:
+                raise CohortError(f"subject {case}: missing sequence {seq}: expected file "
+                                  f"{images_dir / f'{case}_{ch:04d}{ending}'}")
+            images[seq] = files[ch]
+        seg = labels_dir / f"{case}{ending}"
+        if not seg.exists() and split == "Tr":
+            raise CohortError(f"subject {case}: no segmentation: expected file {seg}")
+        subjects.append(Subject(case, images, seg.resolve() if seg.exists() else None))
+    clinical = _attach_clinical(subjects, clinical_csv, str(root))
+    return Cohort(subjects, clinical, label_convention, root)

@@ -1,0 +1,170 @@
+"""Reporting checklist in the spirit of RQS (Lambin 2017) and TRIPOD-AI (Collins 2024), filled from
+what the runs wrote (``config_resolved.yaml``, ``metrics.json``, ``predictions.csv``).
+
+Items we cannot read from the run are marked "not stated" rather than guessed; the checklist says
+what was *documented*, not whether the choices were good.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from radfusion.evaluation.analysis import Settings
+from radfusion.evaluation.runs import Run, group_frame, site_summary
+
+NOT_STATED = "not stated"
+
+
+def get(cfg: dict, dotted: str, default: Any = None) -> Any:
+    """``cfg["a"]["b"]`` for ``"a.b"``; ``default`` when any level is missing."""
+    cur: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return default
+        cur = cur[part]
+    return cur
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dict → ``{"a.b.c": value}`` (lists kept as values)."""
+    if not isinstance(cfg, dict):
+        return {prefix: cfg}
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _keys_with(cfg: dict, words: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in flatten(cfg).items() if any(w in k.lower() for w in words)}
+
+
+def _validation(runs: list[Run], frame: pd.DataFrame, s: Settings) -> tuple[str, str]:
+    folds, repeats = frame["fold"].nunique(), frame["repeat"].nunique()
+    split = get(runs[0].config, "data.split", {}) or {}
+    if folds > 1:
+        design = f"{folds}-fold cross-validation × {repeats} repeat(s)"
+    elif split:
+        design = (f"hold-out: test fraction {split.get('test_fraction', '?')}, validation fraction "
+                  f"{split.get('val_fraction', '?')}, split seed {split.get('seed', '?')}")
+    else:
+        design = f"{s.split} split (split design {NOT_STATED})"
+    sites = site_summary(frame, s.split)
+    if not sites["test_sites"]:
+        external = NOT_STATED + " (no site column)"
+    elif sites["unseen"] and len(sites["unseen"]) == len(sites["test_sites"]):
+        external = f"yes: {s.split} sites {sites['unseen']} unseen in training"
+    elif sites["unseen"]:
+        external = f"partly: {s.split} sites {sites['unseen']} unseen in training, others seen"
+    else:
+        external = f"no: internal validation ({s.split} sites {sites['test_sites']} also in training)"
+    return design, external
+
+
+def _epv(run: Run, frame: pd.DataFrame) -> str:
+    """Events per feature on the training split: minority-class count (markers) or deaths (survival)."""
+    n_feat = run.meta.get("n_radiomics_model")
+    mode = run.mode
+    parts = []
+    train = frame[frame.split == "train"].drop_duplicates("subject_id")
+    for m in run.markers:
+        lab = train[f"label_{m}"].dropna()
+        parts.append(f"{m}: {int(min(lab.sum(), len(lab) - lab.sum()))}")
+    if run.has_survival:
+        parts.append(f"os: {int(train['os_event'].sum())} deaths")
+    events = ", ".join(parts) or NOT_STATED
+    if mode == "deep":
+        return f"training events {events}; features: learned image embedding (no handcrafted count)"
+    if not n_feat:
+        return f"training events {events}; feature count {NOT_STATED}"
+    ratios = []
+    for m in run.markers:
+        lab = train[f"label_{m}"].dropna()
+        ratios.append(f"{m} {min(lab.sum(), len(lab) - lab.sum()) / n_feat:.3f}")
+    if run.has_survival:
+        ratios.append(f"os {train['os_event'].sum() / n_feat:.3f}")
+    return f"training events {events} / {n_feat} radiomics features → EPV {', '.join(ratios)}"
+
+
+def _preprocessing(cfg: dict) -> str:
+    feats = get(cfg, "data.features") or get(cfg, "features")
+    if not isinstance(feats, dict):
+        return NOT_STATED
+    parts = []
+    if "spacing" in feats:
+        parts.append(f"resampled to {feats['spacing']} mm")
+    if feats.get("normalize"):
+        parts.append(f"intensity {feats['normalize']} (×{feats.get('normalize_scale', 1)})")
+    bw = get(feats, "params.setting.binWidth")
+    if bw is not None:
+        parts.append(f"bin width {bw}")
+    if feats.get("params_file"):
+        parts.append(f"PyRadiomics params file {feats['params_file']}")
+    if feats.get("habitats"):
+        parts.append(f"habitats {', '.join(map(str, feats['habitats']))}")
+    return "yes: " + "; ".join(parts) if parts else NOT_STATED
+
+
+def _stated(cfg: dict, words: tuple[str, ...]) -> str:
+    found = {k: v for k, v in _keys_with(cfg, words).items() if not k.startswith(("paths.", "hydra."))}
+    if not found:
+        return NOT_STATED
+    return "; ".join(f"{k}={v}" for k, v in list(found.items())[:4])
+
+
+def checklist(groups: dict[str, list[Run]], names: list[str], s: Settings) -> pd.DataFrame:
+    """One row per reporting item, one column per group."""
+    items = ["Cohort", "Validation design", "External validation", "Confidence intervals", "Seeds / replicates",
+             "Events per feature (training)", "Preprocessing documented", "Segmentation", "Harmonisation",
+             "Feature selection", "Unknown labels", "Leakage control", "Calibration assessed",
+             "Multiple comparisons", "Configuration saved"]
+    table = {"item": items}
+    for name in names:
+        runs = groups[name]
+        first, frame = runs[0], group_frame(runs)
+        cfg = first.config
+        source = get(cfg, "data.cohort.source")
+        cohort = (f"synthetic ({get(cfg, 'data.cohort.path', '')}): exercises the machinery, no clinical claim"
+                  if source == "synthetic" else (f"{source}: {get(cfg, 'data.cohort.path', '')}" if source
+                                                 else NOT_STATED))
+        design, external = _validation(runs, frame, s)
+        seeds = sorted({str(r.seed) for r in runs})
+        test = frame[frame.split == s.split].drop_duplicates("subject_id")
+        unknown = [f"{m}: {int(test[f'label_{m}'].isna().sum())}" for m in first.markers if f"label_{m}" in test]
+        if first.has_survival:
+            unknown.append(f"os: {int(test['os_days'].isna().sum() + test['os_event'].isna().sum())} missing values")
+        splits_file = first.meta.get("splits_file")
+        table[name] = [
+            cohort, design, external,
+            f"yes: {1 - s.alpha:.0%} bootstrap CIs, {s.n_bootstrap} subject resamples (this report)",
+            f"{len(runs)} run(s), seeds {', '.join(seeds)}, {frame[['run', 'repeat']].drop_duplicates().shape[0]} "
+            "replicate(s)",
+            _epv(first, frame), _preprocessing(cfg), _stated(cfg, ("segment", "nnunet")),
+            _stated(cfg, ("combat", "harmon")), _stated(cfg, ("select",)),
+            f"excluded from metrics ({s.split}): " + (", ".join(unknown) or "none"),
+            f"subject-level split file {splits_file}" if splits_file else NOT_STATED,
+            "yes: calibration curve, slope and Brier score (this report)",
+            "Holm correction per endpoint over the pairwise tests (this report)",
+            "yes: config_resolved.yaml" if cfg else NOT_STATED,
+        ]
+    return pd.DataFrame(table)
+
+
+IGNORED_PREFIXES = ("paths.", "hydra.", "logger.", "callbacks.model_checkpoint.dirpath", "trainer.default_root_dir",
+                    "data.cache_dir", "data.splits_dir", "task_name", "tags", "seed")
+
+
+def config_differences(groups: dict[str, list[Run]], names: list[str], max_rows: int = 60) -> pd.DataFrame:
+    """Settings whose values differ between groups (first run of each), paths and seeds left out."""
+    flat = {n: flatten(groups[n][0].config) for n in names}
+    keys = sorted(set().union(*[f.keys() for f in flat.values()])) if flat else []
+    rows = []
+    for k in keys:
+        if k.startswith(IGNORED_PREFIXES):
+            continue
+        values = [flat[n].get(k, "—") for n in names]
+        if len({repr(v) for v in values}) > 1:
+            rows.append({"setting": k, **{n: v for n, v in zip(names, values, strict=True)}})
+    return pd.DataFrame(rows[:max_rows], columns=["setting", *names])

@@ -1,0 +1,222 @@
+"""PyRadiomics plumbing: a validated extractor, quiet logging, and the extraction plan.
+
+The plan splits a PyRadiomics configuration into *units*, the pieces the engine computes and
+caches separately: one unit per enabled image type, except LoG, which gets one unit per sigma
+(changing ``sigma: [1, 3]`` to ``[1, 3, 5]`` then computes only sigma 5). Shape features form
+their own unit (they depend on the mask only).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+
+#: Image types whose filter output depends on the mask (PyRadiomics' LBP3D reads the mask):
+#: computed per habitat instead of once per sequence.
+MASK_DEPENDENT_IMAGE_TYPES = frozenset({"LBP3D"})
+
+#: Settings the engine takes care of itself (they never reach PyRadiomics' execute path).
+_ENGINE_SETTINGS = {"additionalInfo", "label", "label_channel", "preCrop", "geometryTolerance", "correctMask"}
+
+
+class _CountingHandler(logging.Handler):
+    """Counts PyRadiomics log records by message instead of printing each one."""
+
+    def __init__(self, counts: Counter) -> None:
+        super().__init__(level=logging.WARNING)
+        self.counts = counts
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.counts[f"radiomics {record.levelname}: {record.getMessage()[:200]}"] += 1
+
+
+def quiet_pyradiomics() -> None:
+    """Stop PyRadiomics from printing: its stderr handler shows errors only, the logger no longer
+    builds INFO records (several per call) that nobody reads, and nothing propagates to the root
+    logger (Hydra's handlers would print e.g. the GLCM "Sum Average" warning once per region x
+    sequence). Warnings still reach :func:`capture_warnings`, which counts them."""
+    import radiomics
+
+    radiomics.setVerbosity(logging.ERROR)
+    rlog = logging.getLogger("radiomics")
+    rlog.setLevel(logging.WARNING)
+    rlog.propagate = False
+
+
+@contextmanager
+def capture_warnings() -> Iterator[Counter]:
+    """Count PyRadiomics log warnings and Python warnings (e.g. numpy divide-by-zero) by message."""
+    counts: Counter = Counter()
+    handler = _CountingHandler(counts)
+    rlog = logging.getLogger("radiomics")
+    rlog.addHandler(handler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield counts
+        finally:
+            rlog.removeHandler(handler)
+            for w in caught:
+                counts[f"{w.category.__name__}: {str(w.message)[:200]}"] += 1
+
+
+def build_extractor(params: dict | str | Path):
+    """A ``RadiomicsFeatureExtractor`` from a parameter dict or a YAML/JSON file path.
+
+    Raises:
+        FileNotFoundError: the parameter file does not exist.
+        ValueError: PyRadiomics' schema rejects the parameters (message says which).
+    """
+    from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+    quiet_pyradiomics()
+    if isinstance(params, (str, Path)):
+        if not Path(params).is_file():
+            raise FileNotFoundError(f"PyRadiomics parameter file {params} does not exist")
+        source, arg = f"parameter file {params}", str(params)
+    else:
+        source, arg = "parameter dict", copy.deepcopy(dict(params))
+    try:
+        return RadiomicsFeatureExtractor(arg)
+    except Exception as err:  # pykwalify raises its own SchemaError / CoreError types
+        raise ValueError(f"PyRadiomics rejected the {source}: {err}") from err
+
+
+def execute(extractor, image: sitk.Image | str | Path, mask: sitk.Image | str | Path,
+            label: int) -> dict[str, float]:
+    """``extractor.execute`` with diagnostics dropped and 0-d arrays turned into floats."""
+    # PyRadiomics only recognises str paths (not pathlib) and sitk.Image objects.
+    image = str(image) if isinstance(image, Path) else image
+    mask = str(mask) if isinstance(mask, Path) else mask
+    result = extractor.execute(image, mask, label=label)
+    return {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
+
+
+def extract_region(image: sitk.Image | str | Path, mask: sitk.Image | str | Path,
+                   params: dict | str | Path, label: int = 1) -> dict[str, float]:
+    """PyRadiomics features of one image/mask pair (plain ``execute``), diagnostics dropped.
+
+    Args:
+        image: intensity image (sitk.Image or file path).
+        mask: label image on the same grid (sitk.Image or file path).
+        params: PyRadiomics parameter dict or YAML/JSON file.
+        label: label value of the region in ``mask``.
+
+    Returns:
+        ``{"<imageType>_<class>_<Feature>": value}``, e.g. ``original_firstorder_Mean``.
+    """
+    return execute(build_extractor(params), image, mask, label)
+
+
+def params_digest(params: dict | str | Path) -> str:
+    """SHA-1 of a parameter dict (canonical JSON) or of a parameter file's bytes."""
+    if isinstance(params, (str, Path)):
+        return "file:" + hashlib.sha1(Path(params).read_bytes()).hexdigest()
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def short_hash(obj: Any, length: int = 16) -> str:
+    """Short SHA-1 of a JSON-serialisable object (keys sorted)."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One cached piece of work per habitat: an image type with its custom arguments.
+
+    Attributes:
+        image_type: PyRadiomics image type (``Original``, ``LoG``, ``Wavelet``, ...).
+        kwargs: its custom arguments (for LoG a single-sigma list).
+        key: stable identifier of image type, arguments and enabled feature classes.
+        shared: the filtered image does not depend on the habitat mask (computed once per sequence).
+        box_dependent: the filtered values depend on the crop (every filter; not ``Original``).
+    """
+
+    image_type: str
+    kwargs: dict
+    key: str
+    shared: bool
+    box_dependent: bool
+
+
+@dataclass
+class Plan:
+    """A validated PyRadiomics configuration, prepared for the shared-filtering engine.
+
+    Attributes:
+        extractor: PyRadiomics extractor (its ``computeFeatures`` / ``computeShape`` do the work).
+        settings: PyRadiomics settings as ``execute`` would use them, with ``label = 1``.
+        units: non-shape units, in PyRadiomics' image type order.
+        shape_key: key of the shape unit, or None when no shape class is enabled.
+        prep_key: hash of the settings that affect every unit (binning, resegmentation, ...).
+        normalize: PyRadiomics' own ``normalize`` is on (applied once per whole sequence).
+        resample: PyRadiomics' own resampling is on (applied once per sequence, on the crop).
+    """
+
+    extractor: Any
+    settings: dict
+    units: list[Unit] = field(default_factory=list)
+    shape_key: str | None = None
+    prep_key: str = ""
+    normalize: bool = False
+    resample: bool = False
+
+    @property
+    def has_texture(self) -> bool:
+        return any(not c.startswith("shape") for c in self.extractor.enabledFeatures)
+
+
+_PLANS: dict[str, Plan] = {}
+
+
+def build_plan(params: dict | str | Path) -> Plan:
+    """The extraction plan of a PyRadiomics configuration (memoised per process)."""
+    import radiomics
+
+    digest = params_digest(params)
+    if digest in _PLANS:
+        return _PLANS[digest]
+    extractor = build_extractor(params)
+    settings = dict(extractor.settings)
+    settings["label"] = 1  # radfusion builds every habitat mask with 1 inside
+    settings.pop("additionalInfo", None)  # diagnostics are never computed
+    enabled = extractor.enabledFeatures
+    texture_classes = {k: v for k, v in enabled.items() if not k.startswith("shape")}
+    shape_classes = {k: v for k, v in enabled.items() if k.startswith("shape")}
+    resample = settings.get("resampledPixelSpacing") is not None and settings.get("interpolator") is not None
+    common = {k: v for k, v in settings.items() if k not in _ENGINE_SETTINGS}
+    prep_key = short_hash({"settings": common, "pyradiomics": str(radiomics.__version__)})
+
+    units: list[Unit] = []
+    if texture_classes:
+        classes_key = short_hash(texture_classes, 8)
+        for image_type, custom in extractor.enabledImagetypes.items():
+            custom = dict(custom or {})
+            if image_type == "LoG":
+                # One unit per sigma: PyRadiomics yields one image per sigma anyway.
+                args = {**settings, **custom}
+                pieces = [{**custom, "sigma": [s]} for s in args.get("sigma", [])]
+            else:
+                pieces = [custom]
+            for kw in pieces:
+                key = f"{image_type}:{short_hash([image_type, kw, classes_key], 12)}"
+                box_dependent = image_type != "Original" or resample
+                units.append(Unit(image_type, kw, key, image_type not in MASK_DEPENDENT_IMAGE_TYPES,
+                                  box_dependent))
+    shape_key = f"shape:{short_hash([shape_classes, settings.get('resegmentShape', False)], 12)}" \
+        if shape_classes else None
+    plan = Plan(extractor, settings, units, shape_key, prep_key, bool(settings.get("normalize", False)),
+                resample)
+    _PLANS[digest] = plan
+    return plan

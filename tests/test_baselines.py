@@ -1,0 +1,191 @@
+"""Classical baselines on a fake fitted datamodule with planted signal, against direct library fits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sksurv.linear_model import CoxnetSurvivalAnalysis, CoxPHSurvivalAnalysis
+from sksurv.metrics import concordance_index_censored
+from sksurv.util import Surv
+
+from radfusion.baselines import BASELINES, BaselineError, run_baseline
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SPLIT_SIZES = {"train": 90, "val": 40, "test": 40}
+
+
+def make_dm(seed: int = 0, n_features: int = 12) -> SimpleNamespace:
+    """A set-up datamodule stand-in: IDH depends on feature 0, MGMT on feature 1, hazard on 0 and 2."""
+    rng = np.random.default_rng(seed)
+    n = sum(SPLIT_SIZES.values())
+    ids = [f"S{i:03d}" for i in range(n)]
+    X = rng.normal(size=(n, n_features))
+    idh = (X[:, 0] + 0.7 * rng.normal(size=n) > 0.3).astype(float)
+    mgmt = (X[:, 1] + 0.7 * rng.normal(size=n) > 0).astype(float)
+    idh[rng.choice(n, 15, replace=False)] = np.nan  # unknown labels are never guessed
+    hazard = np.exp(-0.9 * X[:, 0] + 0.6 * X[:, 2])
+    death = rng.weibull(1.5, size=n) * 800 / hazard ** (1 / 1.5)
+    censor = rng.uniform(100, 2500, size=n)
+    survival = pd.DataFrame({"os_days": np.minimum(death, censor).round() + 1,
+                             "os_event": (death <= censor).astype(float)}, index=pd.Index(ids, name="subject_id"))
+    survival.iloc[[3, 50], :] = np.nan  # survival unknown
+    order = rng.permutation(n)
+    bounds = np.cumsum([0, *SPLIT_SIZES.values()])
+    splits = {s: [ids[i] for i in order[bounds[k]:bounds[k + 1]]] for k, s in enumerate(SPLIT_SIZES)}
+    index = {s: i for i, s in enumerate(ids)}
+    return SimpleNamespace(
+        ids=ids, targets=["idh", "mgmt"], labels=np.column_stack([idh, mgmt]), survival=survival,
+        splits=splits, fold=2, radiomics={s: X[[index[i] for i in splits[s]]] for s in splits})
+
+
+def _rows(dm, split: str) -> np.ndarray:
+    index = {s: i for i, s in enumerate(dm.ids)}
+    return np.array([index[i] for i in dm.splits[split]])
+
+
+def test_lr_l2_equals_a_direct_scikit_learn_fit():
+    dm = make_dm()
+    pred = run_baseline({"baseline": "lr_l2", "params": {"C": 0.5}, "seed": 0}, dm)
+    assert len(pred) == len(dm.ids) and set(pred["subject_id"]) == set(dm.ids)
+    assert list(pred.columns) == ["subject_id", "split", "fold", "prob_idh", "label_idh", "prob_mgmt", "label_mgmt"]
+    assert (pred["fold"] == 2).all()
+    for t, marker in enumerate(dm.targets):
+        y_tr = dm.labels[_rows(dm, "train"), t]
+        known = ~np.isnan(y_tr)
+        ref = LogisticRegression(C=0.5, l1_ratio=0.0, class_weight="balanced", max_iter=5000, random_state=0)
+        ref.fit(dm.radiomics["train"][known], y_tr[known].astype(int))
+        test = pred[pred.split == "test"]
+        assert test["subject_id"].tolist() == dm.splits["test"]
+        np.testing.assert_allclose(test[f"prob_{marker}"], ref.predict_proba(dm.radiomics["test"])[:, 1], atol=1e-10)
+        y_te = dm.labels[_rows(dm, "test"), t]
+        np.testing.assert_array_equal(test[f"label_{marker}"].to_numpy(), y_te)  # NaN stays NaN
+        k = ~np.isnan(y_te)
+        auc = roc_auc_score(y_te[k], test[f"prob_{marker}"].to_numpy()[k])
+        assert auc == pytest.approx(roc_auc_score(y_te[k], ref.predict_proba(dm.radiomics["test"][k])[:, 1]))
+        assert auc > 0.75  # the planted signal is found
+
+
+def test_grid_is_chosen_on_validation_only():
+    dm = make_dm(1)
+    grid = [0.001, 0.1, 10.0]
+    cfg = {"baseline": "lr_l2", "params": {}, "grid": {"C": grid}, "seed": 0}
+    pred = run_baseline(cfg, dm)
+    chosen = pred.attrs["baseline"]["chosen"]["idh"]["C"]
+    y_tr, y_va = dm.labels[_rows(dm, "train"), 0], dm.labels[_rows(dm, "val"), 0]
+    kt, kv = ~np.isnan(y_tr), ~np.isnan(y_va)
+    val_auc = []
+    for c in grid:
+        m = LogisticRegression(C=c, class_weight="balanced", max_iter=5000, random_state=0)
+        m.fit(dm.radiomics["train"][kt], y_tr[kt].astype(int))
+        val_auc.append(roc_auc_score(y_va[kv], m.predict_proba(dm.radiomics["val"][kv])[:, 1]))
+    assert chosen == grid[int(np.argmax(val_auc))]
+    # Scrambling the test labels changes nothing that was fitted or chosen.
+    dm2 = make_dm(1)
+    rows = _rows(dm2, "test")
+    dm2.labels[rows] = dm2.labels[np.random.default_rng(0).permutation(rows)]
+    pred2 = run_baseline(cfg, dm2)
+    assert pred2.attrs["baseline"]["chosen"] == pred.attrs["baseline"]["chosen"]
+    np.testing.assert_array_equal(pred2["prob_idh"], pred["prob_idh"])
+
+
+def test_coxph_risk_equals_sksurv_predict():
+    dm = make_dm(2)
+    dm.targets, dm.labels = [], np.empty((len(dm.ids), 0))
+    pred = run_baseline({"baseline": "coxph", "params": {"alpha": 0.5, "ties": "efron"}}, dm)
+    assert list(pred.columns) == ["subject_id", "split", "fold", "risk", "os_days", "os_event"]
+    surv = dm.survival.loc[dm.splits["train"]]
+    known = surv.notna().all(axis=1).to_numpy()
+    ref = CoxPHSurvivalAnalysis(alpha=0.5, ties="efron").fit(
+        dm.radiomics["train"][known], Surv.from_arrays(surv["os_event"][known].astype(bool), surv["os_days"][known]))
+    for split in ("train", "val", "test"):
+        np.testing.assert_allclose(pred.loc[pred.split == split, "risk"], ref.predict(dm.radiomics[split]), rtol=1e-9)
+    test = pred[(pred.split == "test") & pred.os_days.notna()]
+    c = concordance_index_censored(test.os_event.astype(bool), test.os_days, test.risk)[0]
+    assert c > 0.65  # higher risk = earlier death on the planted hazard
+
+
+def test_coxnet_alpha_chosen_by_validation_cindex():
+    dm = make_dm(3)
+    pred = run_baseline({"baseline": "coxnet", "params": {"l1_ratio": 0.5, "n_alphas": 20}}, dm)
+    alpha = pred.attrs["baseline"]["chosen"]["survival"]["alpha"]
+    tr = dm.survival.loc[dm.splits["train"]]
+    kt = tr.notna().all(axis=1).to_numpy()
+    ref = CoxnetSurvivalAnalysis(l1_ratio=0.5, n_alphas=20, alpha_min_ratio=0.01, max_iter=100000).fit(
+        dm.radiomics["train"][kt], Surv.from_arrays(tr["os_event"][kt].astype(bool), tr["os_days"][kt]))
+    va = dm.survival.loc[dm.splits["val"]]
+    kv = va.notna().all(axis=1).to_numpy()
+    scores = [concordance_index_censored(va["os_event"][kv].astype(bool), va["os_days"][kv],
+                                         ref.predict(dm.radiomics["val"][kv], alpha=a))[0] for a in ref.alphas_]
+    assert alpha == pytest.approx(ref.alphas_[int(np.argmax(scores))])
+    np.testing.assert_allclose(pred.loc[pred.split == "test", "risk"], ref.predict(dm.radiomics["test"], alpha=alpha))
+
+
+@pytest.mark.parametrize("kind", BASELINES)
+def test_every_shipped_config_runs_and_finds_the_signal(kind):
+    cfg = OmegaConf.load(CONFIGS / "model" / f"baseline_{kind}.yaml")
+    cfg.seed = 0  # ${seed} comes from train.yaml in a real run
+    model_cfg = OmegaConf.to_container(cfg, resolve=True)
+    assert model_cfg["mode"] == f"baseline_{kind}"
+    if kind in ("rf", "rsf"):
+        model_cfg["params"]["n_estimators"] = 60  # keep the test fast on 2 cores
+    dm = make_dm(4)
+    pred = run_baseline(model_cfg, dm)
+    test = pred[pred.split == "test"]
+    if "risk" in pred:
+        assert np.isfinite(pred["risk"]).all()
+        t = test[test.os_days.notna()]
+        assert concordance_index_censored(t.os_event.astype(bool), t.os_days, t.risk)[0] > 0.6
+    else:
+        assert pred["prob_idh"].between(0, 1).all()
+        k = test.label_idh.notna()
+        assert roc_auc_score(test.label_idh[k], test.prob_idh[k]) > 0.7
+
+
+def test_one_class_in_train_is_a_clear_error():
+    dm = make_dm()
+    rows = _rows(dm, "train")
+    dm.labels[rows, 1] = np.where(np.isnan(dm.labels[rows, 1]), np.nan, 1.0)
+    with pytest.raises(BaselineError, match=r"marker 'mgmt'.*train split.*all of class 1"):
+        run_baseline({"baseline": "lr_l2"}, dm)
+    dm.targets, dm.labels = [], np.empty((len(dm.ids), 0))
+    with pytest.raises(BaselineError, match="data.targets is empty"):
+        run_baseline({"baseline": "rf"}, dm)
+    with pytest.raises(BaselineError, match="must be one of"):
+        run_baseline({"baseline": "xgboost"}, dm)
+
+
+def test_bad_survival_data_is_a_clear_error():
+    dm = make_dm()
+    dm.survival.loc[dm.splits["test"][0], "os_days"] = 0.0
+    with pytest.raises(BaselineError, match=rf"os_days must be > 0.*{dm.splits['test'][0]}"):
+        run_baseline({"baseline": "coxph"}, dm)
+    dm = make_dm()
+    dm.survival.loc[dm.splits["train"], "os_event"] = 0.0
+    dm.survival.loc[dm.splits["train"][0], "os_event"] = 1.0
+    with pytest.raises(BaselineError, match="train split has 1 event"):
+        run_baseline({"baseline": "coxnet"}, dm)
+    dm = make_dm()
+    dm.radiomics["val"] = dm.radiomics["val"][:-1]
+    with pytest.raises(BaselineError, match=r"radiomics\['val'\]"):
+        run_baseline({"baseline": "coxph"}, dm)
+
+
+def test_experiment_configs_compose():
+    from conftest import compose_train_cfg
+
+    for exp, kind in [("idh_baseline_lr", "lr_l2"), ("idh_baseline_svm", "svm"), ("survival_baseline_coxnet", "coxnet"),
+                      ("survival_baseline_rsf", "rsf")]:
+        cfg = compose_train_cfg([f"experiment={exp}"])
+        assert cfg.model.baseline == kind and cfg.task_name == exp
+        assert OmegaConf.to_container(cfg.model, resolve=True)["seed"] == cfg.seed
+        if exp.startswith("survival"):
+            assert cfg.data.survival is True and list(cfg.data.targets) == []
+        else:
+            assert list(cfg.data.targets) == ["idh"]
