@@ -196,8 +196,11 @@ class RadFusionDataModule(pl.LightningDataModule):
         """Generate / validate the cohort and fill the feature and ROI caches (idempotent)."""
         if self._ready:
             return
-        self.cohort = self.load_cohort()
         failures: dict[str, str] = {}
+        if self.cohort_cfg["source"] == "feature_table":
+            self._prepare_feature_table()
+            return
+        self.cohort = self.load_cohort()
         if self.use_radiomics:
             self.features = extract_cohort(self.cohort, self.feature_settings, self.cache_dir / "features",
                                            n_jobs=self.n_jobs, progress=self.progress)
@@ -211,6 +214,22 @@ class RadFusionDataModule(pl.LightningDataModule):
                         "; ".join(f"{k}: {v}" for k, v in sorted(failures.items())))
         self.failures = failures
         self.ids = [s for s in self.cohort.ids if s not in failures]
+        self._ready = True
+
+    def _prepare_feature_table(self) -> None:
+        """Precomputed features + clinical table: no image is read, so no CNN branch."""
+        from radfusion.data.feature_table import UNKNOWN_VALUES, load_feature_table
+
+        if self.use_images:
+            raise CohortError("data=feature_table has no images: use a handcrafted or baseline model "
+                              "(experiment=..._handcrafted / ..._baseline_*), not deep or hybrid")
+        c = self.cohort_cfg
+        self.features, clinical = load_feature_table(
+            c["features"], c.get("clinical"), id_column=c.get("id_column", "subject_id"),
+            label_columns=c.get("label_columns"), unknown_values=c.get("unknown_values") or UNKNOWN_VALUES)
+        self.cohort = Cohort([], clinical, c.get("label_convention", "brats2021"), None)
+        self.failures = {}
+        self.ids = list(clinical.index)
         self._ready = True
 
     # ------------------------------------------------------------------ setup
