@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import open_dict
+from tests.conftest import compose_train_cfg
 
 from radfusion.training.pipeline import train
-from tests.conftest import compose_train_cfg
 
 
 @pytest.fixture
