@@ -189,3 +189,20 @@ def test_experiment_configs_compose():
             assert cfg.data.survival is True and list(cfg.data.targets) == []
         else:
             assert list(cfg.data.targets) == ["idh"]
+
+
+def test_ridge_coxph_in_row_space_equals_a_direct_sksurv_fit_when_p_exceeds_n():
+    from radfusion.baselines.estimators import RidgeCoxPH
+
+    rng = np.random.default_rng(6)
+    n, p = 50, 120
+    X = rng.normal(size=(n, p))
+    time = rng.exponential(300 * np.exp(-0.5 * X[:, 0])) + 1
+    y = Surv.from_arrays(rng.uniform(size=n) < 0.7, time)
+    X_new = rng.normal(size=(20, p))
+    for ties in ("breslow", "efron"):
+        ours = RidgeCoxPH(alpha=5.0, ties=ties, tol=1e-12).fit(X, y)
+        ref = CoxPHSurvivalAnalysis(alpha=5.0, ties=ties, tol=1e-12).fit(X, y)
+        assert ours.model_.coef_.shape == (n,)  # the fit really happened in the n-dim row space
+        np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-7)
+        np.testing.assert_allclose(ours.predict(X_new), ref.predict(X_new), atol=1e-6)

@@ -37,8 +37,7 @@ def test_feature_pipeline_is_fitted_on_train_only(cfg_factory, monkeypatch):
     train, val, test = (set(dm.splits[k]) for k in ("train", "val", "test"))
     assert train.isdisjoint(val) and train.isdisjoint(test) and val.isdisjoint(test)
     assert set(dm.fitted_on) == train
-    scaler = dm.feature_pipeline.named_steps["scale"]
-    imputer = dm.feature_pipeline.named_steps["impute"]
+    fitted = dm.feature_pipeline
 
     # Poison every non-training subject's features: a pipeline fitted on train only is unchanged.
     real_extract = dmmod.extract_cohort
@@ -52,8 +51,9 @@ def test_feature_pipeline_is_fitted_on_train_only(cfg_factory, monkeypatch):
     dm2 = _datamodule(cfg)
     dm2.setup()
     assert dm2.splits == dm.splits
-    np.testing.assert_array_equal(dm2.feature_pipeline.named_steps["scale"].mean_, scaler.mean_)
-    np.testing.assert_array_equal(dm2.feature_pipeline.named_steps["impute"].statistics_, imputer.statistics_)
+    np.testing.assert_array_equal(dm2.feature_pipeline.mean_, fitted.mean_)
+    np.testing.assert_array_equal(dm2.feature_pipeline.fill_, fitted.fill_)
+    assert dm2.feature_pipeline.feature_names_out_ == fitted.feature_names_out_
     # ... while the poisoned test rows do come out different (the poison was real)
     assert not np.allclose(dm2.radiomics["test"], dm.radiomics["test"])
     np.testing.assert_array_equal(dm2.radiomics["train"], dm.radiomics["train"])
@@ -79,3 +79,20 @@ def test_too_small_cohort_is_a_clear_error(cfg_factory):
     dm = _datamodule(cfg)
     with pytest.raises(CohortError, match="too small a cohort"):
         dm.setup()
+
+
+def test_kfold_combat_and_selection_from_config(cfg_factory):
+    """The config's protocol and processing reach the datamodule: k-fold test folds partition the
+    cohort, and ComBat + L1 selection are fitted in-fold."""
+    extra = ["data.split.strategy=kfold", "data.split.n_folds=3", "data.processing.combat=true",
+             "data.processing.selector=l1_logistic", "data.processing.n_features=8"]
+    tests = []
+    for fold in range(3):
+        dm = _datamodule(cfg_factory("idh_handcrafted", [*extra, f"data.split.fold={fold}"]))
+        dm.setup()
+        tests.append(set(dm.splits["test"]))
+        assert set(dm.fitted_on) == set(dm.splits["train"])
+        assert dm.feature_pipeline.combat_ is not None
+        assert dm.radiomics_dim <= 8
+    assert set().union(*tests) == set(dm.ids)
+    assert sum(len(t) for t in tests) == len(dm.ids)

@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from radfusion.radiomics.extract import extract_cohort, extract_region, extract_subject
+from radfusion.radiomics.extract import extract_cohort, extract_subject
 from radfusion.radiomics.settings import FeatureSettings
 from test_radiomics import _cohort, _rel, _write_subject
+from test_radiomics_engine import reference_execute
 
 PARAMS = {
     "setting": {"binWidth": 25, "label": 1, "additionalInfo": False, "voxelArrayShift": 300},
@@ -49,7 +50,7 @@ def test_thin_and_tiny_habitats(tmp_path: Path) -> None:
 
     mask = sitk.GetImageFromArray((seg == 4).astype(np.uint8))
     mask.CopyInformation(image)
-    reference = extract_region(zscore_in_brain(image, scale=100.0), mask, PARAMS)
+    reference = reference_execute(zscore_in_brain(image, scale=100.0), mask, PARAMS)
     for name, ref in reference.items():
         col = f"ET_{name.removeprefix('original_')}" if "_shape_" in name else f"ET_t1ce_{name}"
         assert _rel(features[col], ref) <= 1e-6 or (np.isnan(ref) and np.isnan(features[col])), col

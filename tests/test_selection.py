@@ -179,3 +179,18 @@ def test_processor_selection_and_config():
         FeatureProcessor(selector="lasso", n_features=3).fit(frame)
     with pytest.raises(ValueError, match=r"feature column\(s\) seen in training are missing, e.g. \['x0'\]"):
         proc.transform(frame.drop(columns="x0"))
+
+
+def test_processor_aligns_sites_and_covariates_by_subject_id():
+    X, y = _table()
+    rng = np.random.default_rng(1)
+    sites = pd.Series(np.where(np.arange(len(X)) % 2 == 0, "A", "B"), index=X.index)
+    cov = pd.DataFrame({"age": rng.normal(50, 10, len(X))}, index=X.index)
+    kw = {"combat": True, "combat_covariates": ["age"], "clip": None}
+    ordered = FeatureProcessor(**kw).fit(X, y, sites, cov)
+    shuffled = FeatureProcessor(**kw).fit(X, y, sites.iloc[::-1], cov.iloc[::-1])  # same subjects, other order
+    np.testing.assert_allclose(shuffled.combat_.gamma_star_, ordered.combat_.gamma_star_)
+    np.testing.assert_allclose(shuffled.transform(X, sites.iloc[::-1], cov.sample(frac=1, random_state=0)),
+                               ordered.transform(X, sites, cov))
+    with pytest.raises(ValueError, match="60 rows of features but 59 rows of sites"):
+        FeatureProcessor(**kw).fit(X, y, sites.to_numpy()[:-1], cov)

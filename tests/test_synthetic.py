@@ -1,4 +1,5 @@
-"""The synthetic cohort: determinism, BraTS layout and geometry, planted effects, idempotence."""
+"""The synthetic cohort: determinism, BraTS layout and geometry, planted effects and their
+overlap (``effect_scale``), idempotence, and the second timepoint (``n_timepoints=2``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from radfusion.data.synthetic import generate_cohort
+from radfusion.data.synthetic_biology import sample_subject
 
 SMALL = dict(n_subjects=8, shape=(32, 32, 32), progress=False)
 KINDS = ("t1", "t1ce", "t2", "flair", "seg")
@@ -100,17 +107,69 @@ def test_planted_effects_in_ground_truth(larger):
     mut, wt = t[t["idh"] == 1], t[t["idh"] == 0]
     assert 10 <= len(mut) <= 40
     assert mut["age"].mean() < wt["age"].mean() - 10
-    assert mut["et_fraction"].mean() < 0.5 * wt["et_fraction"].mean()
+    assert mut["et_fraction"].mean() < 0.6 * wt["et_fraction"].mean()
     assert mut["ncr_fraction"].mean() < wt["ncr_fraction"].mean()
     assert mut["vol_wt_mm3"].median() < wt["vol_wt_mm3"].median()
     assert (t.loc[t["codel"] == 1, "idh"] == 1).all()
-    assert (t["vol_et_mm3"] == 0).sum() >= 1  # the empty-habitat case exists
-    assert (t.loc[t["vol_et_mm3"] == 0, "idh"] == 1).all()
+    empty_et = t["vol_et_mm3"] == 0
+    assert empty_et.sum() >= 1  # the empty-habitat case exists
+    assert empty_et[t["idh"] == 1].mean() > empty_et[t["idh"] == 0].mean()  # ... mostly in IDH-mutants
     assert 0.5 <= t["os_event"].mean() <= 0.85
     assert mut["event_time_days"].median() > wt["event_time_days"].median()
     # codeleted tumours sit anteriorly (y > 0 is anterior in the RAS grid)
     if (t["codel"] == 1).any():
         assert t.loc[t["codel"] == 1, "centre_y"].mean() > t.loc[t["codel"] == 0, "centre_y"].mean()
+
+
+def _latents(effect_scale: float, n: int = 2000) -> pd.DataFrame:
+    return pd.DataFrame([sample_subject(11, i, 4, 0.1, effect_scale) for i in range(n)])
+
+
+def _auc(labels, scores) -> float:
+    return float(roc_auc_score(labels, scores))
+
+
+def test_effect_scale_sets_the_overlap_of_the_latents():
+    """The knob: no marker signal at 0, overlapping classes at 1, nearly separable at 3."""
+    null, default, easy = (_latents(s) for s in (0.0, 1.0, 3.0))
+    for name, t in (("0", null), ("1", default), ("3", easy)):
+        assert 0.35 < t["idh"].mean() < 0.45, name  # prevalences do not depend on the knob
+    assert abs(_auc(null["idh"], -null["aggressiveness"]) - 0.5) < 0.04
+    assert abs(_auc(null["mgmt"], null["mgmt_amp"]) - 0.5) < 0.04
+    assert abs(_auc(null["idh"], -null["vol_frac"]) - 0.5) < 0.04
+    assert 0.75 < _auc(default["idh"], -default["aggressiveness"]) < 0.88  # 1.2 SD apart: Phi(0.85) = 0.80
+    assert _auc(easy["idh"], -easy["aggressiveness"]) > 0.97
+    assert _auc(null["mgmt"], null["mgmt_amp"]) < _auc(default["mgmt"], default["mgmt_amp"]) \
+        < _auc(easy["mgmt"], easy["mgmt_amp"])
+    # realistic overlap at the default: some IDH-wildtype tumours do not enhance or lack necrosis,
+    # some IDH-mutants enhance as a full rim
+    wt, mut = default[default["idh"] == 0], default[default["idh"] == 1]
+    assert 0.08 < (wt["et_mode"] == "none").mean() < 0.22
+    assert 0.10 < (wt["has_ncr"] == 0).mean() < 0.30
+    assert 0.10 < (mut["et_mode"] == "rim").mean() < 0.30
+    assert 0.3 < (mut["et_mode"] == "none").mean() < 0.6
+    # volume and eccentricity are signals of their own, independent of the shared aggressiveness
+    for t in (wt, mut):
+        assert abs(np.corrcoef(np.log(t["vol_frac"]), t["aggressiveness"])[0, 1]) < 0.1
+        assert abs(np.corrcoef(t["ecc"], t["aggressiveness"])[0, 1]) < 0.1
+
+
+def test_effect_scale_on_rendered_segmentations(larger, tmp_path):
+    """IDH from volumes measured on the written segmentations (in-fold logistic regression)."""
+    def cv_auc(truth: pd.DataFrame) -> float:
+        x = np.column_stack([truth["et_fraction"], truth["ncr_fraction"], np.log(truth["vol_wt_mm3"])])
+        model = make_pipeline(StandardScaler(), LogisticRegression())
+        prob = cross_val_predict(model, x, truth["idh"], cv=StratifiedKFold(5, shuffle=True, random_state=0),
+                                 method="predict_proba")[:, 1]
+        return _auc(truth["idh"], prob)
+
+    aucs = {1.0: cv_auc(larger)}
+    for scale in (0.0, 3.0):
+        manifest = generate_cohort(tmp_path / f"s{scale}", n_subjects=60, shape=(32, 32, 32), seed=1,
+                                   effect_scale=scale, progress=False)
+        aucs[scale] = cv_auc(pd.read_csv(manifest.parent / "ground_truth.csv"))
+        assert json.loads((manifest.parent / "params.json").read_text())["parameters"]["effect_scale"] == scale
+    assert aucs[0.0] < 0.7 and 0.65 < aucs[1.0] < 0.95 and aucs[3.0] > 0.95, aucs
 
 
 def test_codeletion_column_follows_idh(tmp_path):
@@ -167,3 +226,130 @@ def test_changed_parameters_regenerate(tmp_path):
     assert not (out / "SYN_002").exists()  # stale subject of the bigger cohort removed
     with pytest.raises(ValueError, match="shape"):
         generate_cohort(out, shape=(8, 8, 8))
+    with pytest.raises(ValueError, match="effect_scale"):
+        generate_cohort(out, effect_scale=-1.0)
+    with pytest.raises(ValueError, match="n_timepoints"):
+        generate_cohort(out, n_timepoints=3)
+    # another effect_scale is another cohort: regenerated, and recorded
+    t1 = out / "SYN_000" / "SYN_000_t1.nii.gz"
+    before = t1.read_bytes()
+    generate_cohort(out, seed=0, n_subjects=2, shape=(24, 24, 24), effect_scale=2.0, progress=False)
+    assert json.loads((out / "params.json").read_text())["parameters"]["effect_scale"] == 2.0
+    assert t1.read_bytes() != before
+
+
+# ------------------------------------------------------------------ second timepoint
+LONG = dict(n_subjects=60, shape=(48, 48, 48), seed=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def longitudinal(tmp_path_factory) -> Path:
+    """60 subjects x 2 timepoints at 48³ (about 10 s)."""
+    return generate_cohort(tmp_path_factory.mktemp("syn") / "long", n_timepoints=2, **LONG)
+
+
+def test_longitudinal_layout(longitudinal):
+    table = pd.read_csv(longitudinal, dtype={"subject_id": str})
+    assert list(table.columns)[-2:] == ["timepoint", "response"]
+    assert len(table) == 2 * LONG["n_subjects"]
+    for sid, rows in table.groupby("subject_id"):
+        assert rows["timepoint"].tolist() == [0, 1]
+        base, follow = rows.iloc[0], rows.iloc[1]
+        assert base["seg"] == f"{sid}/{sid}_seg.nii.gz"
+        assert follow["seg"] == f"{sid}_tp1/{sid}_tp1_seg.nii.gz" and (longitudinal.parent / follow["seg"]).is_file()
+        # the subject's clinical values and labels are the same on both rows
+        same = ["site", "age", "sex", "idh", "mgmt", "codeletion", "grade", "os_days", "os_event", "response"]
+        pd.testing.assert_series_equal(base[same], follow[same], check_names=False)
+    assert set(table["response"]) == {0, 1}
+    with open(longitudinal) as f:
+        assert ",1.0" not in f.read()  # labels written as integers
+
+
+def test_longitudinal_is_deterministic_and_keeps_the_baseline(longitudinal, tmp_path):
+    again = generate_cohort(tmp_path / "again", n_timepoints=2, **{**LONG, "n_subjects": 4})
+    cross = generate_cohort(tmp_path / "cross", n_timepoints=1, **{**LONG, "n_subjects": 4})
+    other = generate_cohort(tmp_path / "other", n_timepoints=2, **{**LONG, "n_subjects": 4, "seed": 4})
+    full, few = pd.read_csv(longitudinal), pd.read_csv(again)
+    pd.testing.assert_frame_equal(few, full.iloc[:8], check_dtype=False)
+    base = few[few["timepoint"] == 0].drop(columns="response").reset_index(drop=True)
+    pd.testing.assert_frame_equal(base, pd.read_csv(cross), check_dtype=False)
+    for i in range(4):
+        sid = f"SYN_{i:03d}"
+        for kind in KINDS:
+            tp0 = f"{sid}/{sid}_{kind}.nii.gz"
+            tp1 = f"{sid}_tp1/{sid}_tp1_{kind}.nii.gz"
+            assert (again.parent / tp1).read_bytes() == (longitudinal.parent / tp1).read_bytes(), (sid, kind)
+            # the baseline scan is the one the cross-sectional cohort has
+            assert (again.parent / tp0).read_bytes() == (cross.parent / tp0).read_bytes(), (sid, kind)
+    assert (other.parent / "SYN_000_tp1/SYN_000_tp1_t1.nii.gz").read_bytes() != \
+        (again.parent / "SYN_000_tp1/SYN_000_tp1_t1.nii.gz").read_bytes()
+
+
+def test_timepoints_share_anatomy_site_and_location(longitudinal):
+    root = longitudinal.parent
+    truth = pd.read_csv(root / "ground_truth.csv")
+    site_cols = [c for c in truth.columns if c.startswith("site")] + ["centre_x", "centre_y", "centre_z", "head_scale"]
+    for _sid, rows in truth.groupby("subject_id"):
+        pd.testing.assert_series_equal(rows.iloc[0][site_cols], rows.iloc[1][site_cols], check_names=False)
+
+    def scan(sid: str, tp: int) -> dict[str, np.ndarray]:
+        name = sid if tp == 0 else f"{sid}_tp1"
+        return {k: np.asarray(nib.load(root / name / f"{name}_{k}.nii.gz").dataobj) for k in ("t1", "seg")}
+
+    for sid, other in (("SYN_000", "SYN_001"), ("SYN_005", "SYN_006")):
+        a, b, c = scan(sid, 0), scan(sid, 1), scan(other, 0)
+        healthy = (a["seg"] == 0) & (b["seg"] == 0)
+        brain_a, brain_b, brain_c = a["t1"] > 0, b["t1"] > 0, c["t1"] > 0
+        assert (brain_a == brain_b).mean() > 0.998  # the same brain, on the same grid
+        assert (brain_a != brain_c).sum() > 20 * (brain_a != brain_b).sum()  # unlike another subject's
+        inside = healthy & brain_a & brain_b
+        assert np.corrcoef(a["t1"][inside], b["t1"][inside])[0, 1] > 0.8  # same anatomy ...
+        assert not np.array_equal(a["t1"][inside], b["t1"][inside])     # ... new noise (a new scan)
+        ca, cb = (np.argwhere(s["seg"] > 0).mean(axis=0) for s in (a, b))
+        assert np.linalg.norm(ca - cb) < 4.0  # the same tumour, in the same place (voxels)
+
+
+def test_response_shows_in_ground_truth_volumes(longitudinal):
+    truth = pd.read_csv(longitudinal.parent / "ground_truth.csv")
+    vol = truth.pivot(index="subject_id", columns="timepoint", values=["vol_wt_mm3", "vol_et_mm3"])
+    first = truth[truth["timepoint"] == 1].set_index("subject_id").loc[vol.index]
+    response, pseudo = first["response"], first["pseudoprogression"]
+    assert 0.3 < response.mean() < 0.7 and pseudo.sum() >= 3 and (pseudo <= response).all()
+    change = np.log(vol[("vol_wt_mm3", 1)] / vol[("vol_wt_mm3", 0)])
+    assert change[(response == 1) & (pseudo == 0)].median() < -0.2  # responders shrink
+    assert change[response == 0].median() > 0.15                     # non-responders grow
+    et_change = vol[("vol_et_mm3", 1)] - vol[("vol_et_mm3", 0)]
+    assert (et_change[pseudo == 1] > 0).mean() > 0.7  # pseudoprogression: more enhancement
+    # the change predicts response better than either timepoint's volume (orientation chosen freely)
+    by_change = _auc(response, -change)
+    by_scan = [max(a, 1 - a) for a in (_auc(response, vol[("vol_wt_mm3", t)]) for t in (0, 1))]
+    assert by_change > 0.75 and by_change > max(by_scan) + 0.1, (by_change, by_scan)
+
+
+def test_pseudoprogression_enhances_homogeneously(longitudinal):
+    """The documented cue: at follow-up, pseudoprogression's enhancement varies less than progression's."""
+    root = longitudinal.parent
+    truth = pd.read_csv(root / "ground_truth.csv")
+    follow = truth[truth["timepoint"] == 1].set_index("subject_id")
+    cv = {}
+    for sid in follow.index:
+        name = f"{sid}_tp1"
+        seg = np.asarray(nib.load(root / name / f"{name}_seg.nii.gz").dataobj)
+        t1ce = np.asarray(nib.load(root / name / f"{name}_t1ce.nii.gz").dataobj)
+        et = t1ce[seg == 4]
+        if et.size >= 20:
+            cv[sid] = et.std() / et.mean()
+    cv = pd.Series(cv)
+    pseudo = cv[follow.loc[cv.index, "pseudoprogression"] == 1]
+    progression = cv[follow.loc[cv.index, "response"] == 0]
+    assert len(pseudo) >= 3 and len(progression) >= 5
+    assert pseudo.median() < progression.median()
+    assert _auc(np.r_[np.ones(len(pseudo)), np.zeros(len(progression))], -np.r_[pseudo, progression]) > 0.7
+
+
+def test_back_to_one_timepoint_removes_follow_up_folders(tmp_path):
+    out = tmp_path / "back"
+    generate_cohort(out, seed=0, n_subjects=2, shape=(24, 24, 24), n_timepoints=2, progress=False)
+    assert (out / "SYN_001_tp1" / "SYN_001_tp1_seg.nii.gz").exists()
+    manifest = generate_cohort(out, seed=0, n_subjects=2, shape=(24, 24, 24), progress=False)
+    assert not list(out.glob("*_tp1")) and "response" not in pd.read_csv(manifest).columns

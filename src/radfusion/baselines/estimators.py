@@ -48,10 +48,48 @@ def _svm(params: dict, seed: int, n_min_class: int) -> BaseEstimator:
     return CalibratedClassifierCV(SVC(**kw), method="sigmoid", cv=cv, ensemble=False)
 
 
+class RidgeCoxPH(BaseEstimator):
+    """scikit-survival's ``CoxPHSurvivalAnalysis`` (ridge penalty ``alpha``), fitted in the row space of X.
+
+    With a ridge penalty the optimum ``beta`` lies in the span of the training rows (a component
+    orthogonal to them leaves every ``X beta`` unchanged and only adds penalty). Writing
+    ``X = U S V^T`` (thin SVD) and ``beta = V theta`` gives ``X beta = (X V) theta`` and
+    ``|beta| = |theta|``, so fitting sksurv's CoxPH on the ``n × rank`` matrix ``X V`` solves exactly
+    the same problem as on ``X`` — but Newton steps cost ``rank^3`` instead of ``p^3`` (60 × 1,938
+    radiomics: seconds instead of minutes). Used only when ``alpha > 0`` and ``p > n``.
+
+    Attributes: ``coef_`` ``(p,)`` on the original features; ``model_`` the fitted sksurv model.
+    """
+
+    def __init__(self, alpha: float = 1.0, ties: str = "efron", n_iter: int = 100, tol: float = 1e-9) -> None:
+        self.alpha = alpha
+        self.ties = ties
+        self.n_iter = n_iter
+        self.tol = tol
+
+    def fit(self, X, y) -> RidgeCoxPH:
+        X = np.asarray(X, dtype=np.float64)
+        basis = None
+        if self.alpha > 0 and X.shape[1] > X.shape[0]:
+            _, s, vt = np.linalg.svd(X, full_matrices=False)
+            keep = s > s[0] * max(X.shape) * np.finfo(np.float64).eps
+            basis = vt[keep].T  # (p, rank)
+        model = CoxPHSurvivalAnalysis(alpha=self.alpha, ties=self.ties, n_iter=self.n_iter, tol=self.tol)
+        model.fit(X @ basis if basis is not None else X, y)
+        self.model_ = model
+        self.coef_ = basis @ model.coef_ if basis is not None else model.coef_
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """Risk score ``X @ coef_`` (higher = higher hazard), as sksurv's ``predict``."""
+        return np.asarray(X, dtype=np.float64) @ self.coef_
+
+
 def _coxph(params: dict, seed: int, n_min_class: int) -> BaseEstimator:
     # Ridge penalty (alpha > 0): with more features than events an unpenalised Cox fit diverges.
     kw = {"alpha": 1.0, "ties": "efron", "n_iter": 100, **params}
-    return CoxPHSurvivalAnalysis(**kw)
+    return RidgeCoxPH(**kw)
 
 
 def _coxnet(params: dict, seed: int, n_min_class: int) -> BaseEstimator:

@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 from radfusion.data.cohort import Cohort, CohortError, load_cohort, validate_cohort
 from radfusion.data.roi import ROIAugment, ROISettings, build_roi_cache
 from radfusion.data.samplers import EventBatchSampler
-from radfusion.data.splits import SPLITS, load_or_make_splits
+from radfusion.data.splits import SPLITS, load_or_make_fold
 from radfusion.radiomics.extract import extract_cohort
-from radfusion.radiomics.processing import feature_matrix, make_feature_pipeline
+from radfusion.radiomics.processing import make_feature_processor
 from radfusion.radiomics.settings import FeatureSettings
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,11 @@ class RadFusionDataModule(pl.LightningDataModule):
             (WHO 2021); its label is masked for IDH-wildtype / unknown subjects.
         min_events_per_batch: with survival, training batches are drawn so that each holds at
             least this many events (a Cox loss on a batch without events is zero).
-        split: ``{val_fraction, test_fraction, seed}``.
+        split: the validation protocol (see :func:`radfusion.data.splits.load_or_make_fold`):
+            ``{strategy: holdout|kfold|site, n_folds, n_repeats, fold, repeat, val_fraction,
+            test_fraction, seed, test_sites, n_inner, inner_fold}``.
+        processing: in-fold feature processing (see :class:`radfusion.radiomics.processing.FeatureProcessor`):
+            ``{combat, combat_covariates, corr_threshold, selector, n_features, min_icc, icc_table, clip}``.
         use_images, use_radiomics: which inputs the model needs (set from the model's mode).
     """
 
@@ -135,6 +139,7 @@ class RadFusionDataModule(pl.LightningDataModule):
         codeletion_idh_mutant_only: bool = True,
         min_events_per_batch: int = 2,
         split: dict | None = None,
+        processing: dict | None = None,
         batch_size: int = 8,
         num_workers: int = 0,
         n_jobs: int = 1,
@@ -160,6 +165,7 @@ class RadFusionDataModule(pl.LightningDataModule):
         if not self.targets and not self.survival_target:
             raise ValueError("data.targets is empty and data.survival is false: nothing to predict")
         self.split_cfg = {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, **(_plain(split) or {})}
+        self.processing_cfg = dict(_plain(processing) or {})
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.n_jobs = n_jobs
@@ -249,24 +255,47 @@ class RadFusionDataModule(pl.LightningDataModule):
         if self.survival_target:
             check_survival(self.survival)
         strata = self.labels[:, 0] if self.targets else self.survival["os_event"].to_numpy()
-        self.splits, self.splits_file = load_or_make_splits(
-            self.splits_dir, self.ids, strata, self.split_cfg["val_fraction"],
-            self.split_cfg["test_fraction"], self.split_cfg["seed"])
+        sites = clinical.loc[self.ids, "site"].astype(str).to_numpy()
+        self.splits, self.splits_file = load_or_make_fold(
+            self.splits_dir, self.ids, strata, sites=sites, groups=self._groups(), **self.split_cfg)
         self.fold = int(self.split_cfg.get("fold", 0))
+        self.repeat = int(self.split_cfg.get("repeat", 0))
         self._check_splits()
         if self.use_radiomics:
-            self.feature_pipeline = make_feature_pipeline()
-            train_ids = self.splits["train"]
-            self.feature_pipeline.fit(feature_matrix(self.features, train_ids))
-            self.fitted_on = list(train_ids)
-            self.feature_names_in = list(self.features.columns)
-            self.radiomics = {s: self.feature_pipeline.transform(feature_matrix(self.features, ids))
-                              for s, ids in self.splits.items()}
-            self.radiomics_dim = int(self.radiomics["train"].shape[1])
-            log.info("radiomics: %d raw features → %d after in-fold processing",
-                     len(self.feature_names_in), self.radiomics_dim)
+            self._fit_feature_processor()
         else:
             self.radiomics_dim = 0
+
+    def _groups(self) -> list[str]:
+        """Subject of each row: timepoints of one subject share it, so they never straddle splits."""
+        clinical = self.cohort.clinical
+        if "patient_id" in clinical.columns:
+            return clinical.loc[self.ids, "patient_id"].astype(str).tolist()
+        return list(self.ids)
+
+    def _fit_feature_processor(self) -> None:
+        """Fit imputation / ComBat / filters / scaling / selection on the training split only."""
+        clinical = self.cohort.clinical
+        train_ids = self.splits["train"]
+        index = {s: i for i, s in enumerate(self.ids)}
+        rows = [index[s] for s in train_ids]
+        if self.targets:
+            y = self.labels[rows, 0]
+        else:
+            y = (self.survival["os_days"].to_numpy()[rows], self.survival["os_event"].to_numpy()[rows])
+        covariates = clinical[list(self.processing_cfg.get("combat_covariates") or [])]
+        self.feature_pipeline = make_feature_processor(self.processing_cfg)
+        self.feature_pipeline.fit(self.features.loc[train_ids], y, sites=clinical.loc[train_ids, "site"],
+                                  covariates=covariates.loc[train_ids])
+        self.fitted_on = list(train_ids)
+        self.feature_names_in = list(self.features.columns)
+        self.radiomics = {
+            split: self.feature_pipeline.transform(self.features.loc[ids], sites=clinical.loc[ids, "site"],
+                                                   covariates=covariates.loc[ids])
+            for split, ids in self.splits.items()}
+        self.radiomics_dim = int(self.radiomics["train"].shape[1])
+        log.info("radiomics: %d raw features → %d after in-fold processing (%s)", len(self.feature_names_in),
+                 self.radiomics_dim, self.feature_pipeline.summary_)
 
     def _check_splits(self) -> None:
         index = {s: i for i, s in enumerate(self.ids)}

@@ -157,14 +157,32 @@ IGNORED_PREFIXES = ("paths.", "hydra.", "logger.", "callbacks.model_checkpoint.d
 
 
 def config_differences(groups: dict[str, list[Run]], names: list[str], max_rows: int = 60) -> pd.DataFrame:
-    """Settings whose values differ between groups (first run of each), paths and seeds left out."""
+    """Settings whose values differ between groups (first run of each), paths and seeds left out.
+
+    A sub-tree present in some groups only (e.g. ``model.encoder.*`` of the image modes) is one row
+    saying where it is set, when its values agree wherever present.
+    """
     flat = {n: flatten(groups[n][0].config) for n in names}
     keys = sorted(set().union(*[f.keys() for f in flat.values()])) if flat else []
-    rows = []
+    parents = {k.rsplit(".", 1)[0] for k in keys if "." in k}
+    rows, partial = [], {}
     for k in keys:
-        if k.startswith(IGNORED_PREFIXES):
+        if k.startswith(IGNORED_PREFIXES) or k in parents:  # a None leaf where others have a sub-tree
             continue
-        values = [flat[n].get(k, "—") for n in names]
-        if len({repr(v) for v in values}) > 1:
-            rows.append({"setting": k, **{n: v for n, v in zip(names, values, strict=True)}})
+        values = [flat[n].get(k, _MISSING) for n in names]
+        if len({repr(v) for v in values}) == 1:
+            continue
+        present = [v for v in values if v is not _MISSING]
+        if len(present) < len(values) and len({repr(v) for v in present}) == 1 and "." in k:
+            prefix = k.rsplit(".", 1)[0]
+            partial.setdefault((prefix, tuple(v is not _MISSING for v in values)), []).append(k)
+            continue
+        rows.append({"setting": k, **{n: ("—" if v is _MISSING else v) for n, v in zip(names, values, strict=True)}})
+    for (prefix, where), ks in partial.items():
+        rows.append({"setting": f"{prefix}.* ({len(ks)} settings, equal where set)",
+                     **{n: ("set" if w else "—") for n, w in zip(names, where, strict=True)}})
+    rows.sort(key=lambda r: r["setting"])
     return pd.DataFrame(rows[:max_rows], columns=["setting", *names])
+
+
+_MISSING = object()

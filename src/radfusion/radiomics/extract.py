@@ -37,7 +37,6 @@ from radfusion.radiomics.pyrad import (
     build_plan,
     capture_warnings,
     extract_region,
-    params_digest,
     short_hash,
 )
 from radfusion.radiomics.settings import FeatureSettings
@@ -333,7 +332,12 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
     seq_rank = {s: i for i, s in enumerate(settings.sequences)}
     results.sort(key=lambda r: (order[r["subject_id"]], seq_rank[r["sequence"]]))
     diagnostics = pd.DataFrame([_diagnostics_row(r, settings) for r in results])
-    _write_outputs(out_dir, df, diagnostics, failures)
+    # The table is a function of the settings and of each item's inputs (entries are deterministic):
+    # when neither changed, the (slow, for ~27,000 columns) parquet file is already right.
+    fingerprint = short_hash([settings.cache_key(), columns, list(df.columns), kept, failures,
+                              [(r["subject_id"], r["sequence"], (r.get("item") or {}).get("checksum"))
+                               for r in results]], 40)
+    _write_outputs(out_dir, df, diagnostics, failures, fingerprint)
 
     counts = Counter(r["status"] for r in results)
     n_warn = Counter()
@@ -355,7 +359,8 @@ def _expected_margin(item: dict | None, settings: FeatureSettings) -> list[int] 
     return engine.crop_margin(settings, tuple(item["spacing"]))
 
 
-def _write_outputs(out_dir: Path, df: pd.DataFrame, diagnostics: pd.DataFrame, failures: dict) -> None:
+def _write_outputs(out_dir: Path, df: pd.DataFrame, diagnostics: pd.DataFrame, failures: dict,
+                   fingerprint: str) -> None:
     pid = os.getpid()
     tmp = out_dir / f".diagnostics.csv.{pid}.tmp"
     diagnostics.to_csv(tmp, index=False)
@@ -363,10 +368,11 @@ def _write_outputs(out_dir: Path, df: pd.DataFrame, diagnostics: pd.DataFrame, f
     tmp = out_dir / f".failures.csv.{pid}.tmp"
     pd.DataFrame({"subject_id": list(failures), "error": list(failures.values())}).to_csv(tmp, index=False)
     os.replace(tmp, out_dir / "failures.csv")
+    stamp = out_dir / ".features.fingerprint"
+    if (out_dir / "features.parquet").is_file() and stamp.is_file() and stamp.read_text() == fingerprint:
+        return
     tmp = out_dir / f".features.parquet.{pid}.tmp"
     df.to_parquet(tmp)
     os.replace(tmp, out_dir / "features.parquet")
+    stamp.write_text(fingerprint)
 
-
-# Kept for callers of the walking skeleton.
-_params_key = params_digest

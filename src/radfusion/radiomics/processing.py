@@ -74,14 +74,26 @@ def _frame(X, names: list[str] | None = None) -> pd.DataFrame:
     return pd.DataFrame(X, columns=names if names is not None else [f"f{i}" for i in range(X.shape[1])])
 
 
+def _align(obj, index: pd.Index, what: str):
+    """Rows of a Series/DataFrame in the order of ``index``: by label when its index holds every
+    subject of ``index`` (so a clinical table in another order cannot be silently misaligned),
+    else by position."""
+    if isinstance(obj, (pd.Series, pd.DataFrame)) and not obj.index.equals(index):
+        if index.isin(obj.index).all() and obj.index.is_unique:
+            return obj.loc[index]
+        if len(obj) != len(index):
+            raise ValueError(f"{len(index)} rows of features but {len(obj)} rows of {what}")
+    elif len(obj) != len(index):
+        raise ValueError(f"{len(index)} rows of features but {len(obj)} rows of {what}")
+    return obj
+
+
 def _site_series(sites, index: pd.Index) -> pd.Series | None:
     if sites is None:
         return None
     if isinstance(sites, pd.Series):
-        if len(sites) != len(index):
-            raise ValueError(f"{len(index)} rows of features but {len(sites)} site entries")
-        return pd.Series(sites.to_numpy(), index=index)
-    return pd.Series(np.asarray(sites, dtype=object), index=index)
+        return pd.Series(_align(sites, index, "sites").to_numpy(), index=index)
+    return pd.Series(np.asarray(_align(list(sites), index, "sites"), dtype=object), index=index)
 
 
 class FeatureProcessor(BaseEstimator, TransformerMixin):
@@ -141,7 +153,7 @@ class FeatureProcessor(BaseEstimator, TransformerMixin):
             return None
         if covariates is None:
             raise ValueError(f"combat_covariates {cols} set but no covariates table given")
-        frame = _frame(covariates)
+        frame = _align(_frame(covariates), index, "covariates")
         missing = [c for c in cols if c not in frame.columns]
         if missing:
             raise ValueError(f"ComBat covariate column(s) {missing} not in the covariates table "

@@ -1,0 +1,221 @@
+"""Benchmark habitat radiomics: naive PyRadiomics loop vs the shared-filtering engine.
+
+    python scripts/bench_extraction.py --n-subjects 2                      # default cohort (96³) + a BraTS-sized case
+    python scripts/bench_extraction.py --n-subjects 4 --features default --no-brats-case
+
+For each dataset (the first ``--n-subjects`` of the default synthetic cohort, 96³ at 1 mm, and one
+synthetic 240×240×155 case) it runs, each in a fresh process, on the same machine:
+
+- ``naive``: one ``RadiomicsFeatureExtractor.execute`` per habitat × sequence on the image file, with
+  PyRadiomics doing its own normalisation, 1 mm resampling and diagnostics (its defaults), 1 process;
+- ``engine 1``: :func:`radfusion.radiomics.extract.extract_cohort` on 1 process, cold cache;
+- ``engine N``: the same on ``--jobs`` processes (default: all cores), cold cache;
+- ``warm``: ``engine N`` again on its filled cache.
+
+and prints one table: seconds, patients/hour, speed-up over the naive loop, features per subject and
+peak resident memory per process (the worker maximum for the engine). Times on a shared machine are
+noisy; the ratios are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE_TYPES = {
+    "full": {"Original": {}, "LoG": {"sigma": [1.0, 3.0, 5.0]}, "Wavelet": {}},
+    "default": {"Original": {}},
+}
+
+
+def _settings(args: argparse.Namespace):
+    from radfusion.data.habitats import ALL_HABITATS, HABITATS
+    from radfusion.radiomics.settings import FeatureSettings
+
+    settings = FeatureSettings(habitats=list(ALL_HABITATS if args.features == "full" else HABITATS),
+                               sequences=list(args.sequences))
+    settings.params["imageType"] = IMAGE_TYPES[args.features]
+    return settings
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_naive(args: argparse.Namespace, manifest: str, ids: list[str]) -> dict:
+    """One execute per habitat x sequence, PyRadiomics preprocessing everything itself each time."""
+    import numpy as np
+    import SimpleITK as sitk
+    from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+    from radfusion.data.cohort import load_cohort
+    from radfusion.data.habitats import habitat_masks
+    from radfusion.radiomics.pyrad import quiet_pyradiomics
+
+    settings = _settings(args)
+    params = settings.pyradiomics_params
+    # What a PyRadiomics user gets out of the box on MRI: its own z-score normalisation (x100, to
+    # match binWidth 25), 1 mm B-spline resampling, and diagnostics (additionalInfo, the default).
+    params["setting"].update(normalize=True, normalizeScale=100, resampledPixelSpacing=[1, 1, 1],
+                             interpolator="sitkBSpline", additionalInfo=True)
+    quiet_pyradiomics()
+    extractor = RadiomicsFeatureExtractor(params)
+    cohort = load_cohort("manifest", manifest)
+    t0 = time.perf_counter()
+    n_features = 0
+    for sid in ids:
+        subject = cohort.subject(sid)
+        seg = sitk.ReadImage(str(subject.seg))
+        arr = sitk.GetArrayFromImage(seg)
+        brain = sitk.GetArrayFromImage(sitk.ReadImage(str(subject.images[settings.sequences[0]]))) != 0
+        masks = habitat_masks(arr, cohort.label_convention, settings.habitats,
+                              spacing=seg.GetSpacing()[::-1], ring_mm=settings.ring_mm, brain=brain)
+        names = set()
+        for habitat, mask in masks.items():
+            if mask.sum() < settings.min_voxels:
+                continue
+            mask_img = sitk.GetImageFromArray(mask.astype(np.uint8))
+            mask_img.CopyInformation(seg)
+            for seq in settings.sequences:
+                result = extractor.execute(str(subject.images[seq]), mask_img, label=1)
+                names.update(f"{habitat}_{seq}_{k}" for k in result if not k.startswith("diagnostics_"))
+        n_features = max(n_features, len(names))
+    return {"seconds": time.perf_counter() - t0, "peak_mb": _peak_mb(), "features": n_features}
+
+
+def run_engine(args: argparse.Namespace, manifest: str, ids: list[str], cache: str, n_jobs: int) -> dict:
+    import pandas as pd
+
+    from radfusion.data.cohort import Cohort, load_cohort
+    from radfusion.radiomics.extract import extract_cohort
+
+    full = load_cohort("manifest", manifest)
+    cohort = Cohort([full.subject(i) for i in ids], full.clinical.loc[ids], full.label_convention, full.root)
+    settings = _settings(args)
+    t0 = time.perf_counter()
+    df = extract_cohort(cohort, settings, cache, n_jobs=n_jobs, progress=False)
+    seconds = time.perf_counter() - t0
+    diag = pd.read_csv(Path(cache) / settings.cache_key() / "diagnostics.csv")
+    worker_peak = float(diag["peak_rss_mb"].max()) if diag["peak_rss_mb"].notna().any() else _peak_mb()
+    return {"seconds": seconds, "peak_mb": max(worker_peak, _peak_mb()) if n_jobs == 1 else worker_peak,
+            "features": int(df.shape[1]), "failed": len(df.attrs.get("failures", {})),
+            "computed": int((diag["status"] == "computed").sum())}
+
+
+def _child(args: argparse.Namespace) -> None:
+    ids = args.ids.split(",")
+    if args.mode == "naive":
+        out = run_naive(args, args.manifest, ids)
+    else:
+        out = run_engine(args, args.manifest, ids, args.cache, args.child_jobs)
+    print("RESULT " + json.dumps(out))
+
+
+def _spawn(args: argparse.Namespace, mode: str, manifest: Path, ids: list[str], cache: Path | None = None,
+           jobs: int = 1) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--manifest", str(manifest), "--ids", ",".join(ids),
+           "--features", args.features, "--sequences", *args.sequences, "--child-jobs", str(jobs)]
+    if cache is not None:
+        cmd += ["--cache", str(cache)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{mode} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def bench(args: argparse.Namespace, name: str, manifest: Path, ids: list[str], work: Path) -> list[dict]:
+    rows = []
+    n = len(ids)
+
+    def add(mode: str, procs: int, r: dict) -> None:
+        rows.append({"dataset": name, "mode": mode, "procs": procs, "subjects": n, **r,
+                     "s_per_subject": r["seconds"] / n, "patients_per_hour": 3600.0 * n / r["seconds"]})
+        print(f"  {name:<28} {mode:<9} {procs} proc: {r['seconds']:8.1f} s", flush=True)
+
+    if not args.skip_naive:
+        add("naive", 1, _spawn(args, "naive", manifest, ids))
+    add("engine", 1, _spawn(args, "engine", manifest, ids, work / f"{name}_1", 1))
+    cache = work / f"{name}_{args.jobs}"
+    add("engine", args.jobs, _spawn(args, "engine", manifest, ids, cache, args.jobs))
+    add("warm", args.jobs, _spawn(args, "engine", manifest, ids, cache, args.jobs))
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    lines = ["| dataset | mode | procs | seconds | s/subject | patients/h | x naive | x engine-1 | features/subject "
+             "| peak MB/process |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        same = [x for x in rows if x["dataset"] == r["dataset"]]
+        naive = next((x for x in same if x["mode"] == "naive"), None)
+        one = next(x for x in same if x["mode"] == "engine" and x["procs"] == 1)
+        vs_naive = f"{naive['seconds'] / r['seconds']:.2f}" if naive else "-"
+        lines.append(f"| {r['dataset']} | {r['mode']} | {r['procs']} | {r['seconds']:.1f} | {r['s_per_subject']:.1f} "
+                     f"| {r['patients_per_hour']:.0f} | {vs_naive} | {one['seconds'] / r['seconds']:.2f} "
+                     f"| {r['features']} | {r['peak_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n-subjects", type=int, default=2, help="subjects of the default (96³) cohort")
+    p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 96], help="grid of the default cohort")
+    p.add_argument("--brats-case", action=argparse.BooleanOptionalAction, default=True,
+                   help="also one synthetic 240x240x155 case")
+    p.add_argument("--features", choices=sorted(IMAGE_TYPES), default="full",
+                   help="full: 6 habitats (ring included) x Original + LoG 1/3/5 mm + wavelet; "
+                        "default: 5 habitats, Original")
+    p.add_argument("--sequences", nargs="+", default=["t1", "t1ce", "t2", "flair"])
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes of the parallel engine run")
+    p.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "radfusion_bench"))
+    p.add_argument("--skip-naive", action="store_true")
+    p.add_argument("--output", help="also write the table (Markdown) and rows (JSON) here")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--manifest", help=argparse.SUPPRESS)
+    p.add_argument("--ids", help=argparse.SUPPRESS)
+    p.add_argument("--cache", help=argparse.SUPPRESS)
+    p.add_argument("--child-jobs", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        args.mode = args.child
+        _child(args)
+        return
+
+    from radfusion.data.cohort import load_cohort
+    from radfusion.data.synthetic import generate_cohort
+
+    data = Path(args.data_dir)
+    work = Path(tempfile.mkdtemp(prefix="cache_", dir=data if data.exists() else None))
+    datasets = []
+    shape = tuple(args.shape)
+    manifest = generate_cohort(data / f"default_{shape[0]}", n_subjects=max(args.n_subjects, 1), shape=shape,
+                               seed=0, progress=False)
+    datasets.append((f"default {shape[0]}³ x{args.n_subjects}", manifest,
+                     load_cohort("manifest", manifest).ids[: args.n_subjects]))
+    if args.brats_case:
+        # Subject 1 of seed 0 has every habitat (ET, NCR, ED); its WT is ~209 cm³.
+        manifest = generate_cohort(data / "brats_240", n_subjects=2, shape=(240, 240, 155), seed=0, progress=False)
+        datasets.append(("BraTS-sized 240x240x155", manifest, [load_cohort("manifest", manifest).ids[1]]))
+    print(f"habitat radiomics benchmark: features={args.features}, sequences={args.sequences}, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
+    rows = []
+    for name, man, ids in datasets:
+        rows += bench(args, name.split(" x")[0].replace("³", "^3"), man, ids, work)
+    table = _table(rows)
+    print("\n" + table)
+    print(f"\nload average after: {os.getloadavg()[0]:.1f} (other processes on the machine inflate every time)")
+    if args.output:
+        Path(args.output).with_suffix(".md").write_text(table + "\n")
+        Path(args.output).with_suffix(".json").write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
