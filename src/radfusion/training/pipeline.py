@@ -69,6 +69,8 @@ def _predict(trainer: pl.Trainer, model: pl.LightningModule, dm, ckpt_path: str 
 def add_subject_columns(predictions: pd.DataFrame, dm) -> pd.DataFrame:
     """Site and survival columns of the data contract, so evaluation needs only this file."""
     clinical = dm.cohort.clinical
+    if "repeat" not in predictions:
+        predictions.insert(3, "repeat", int(getattr(dm, "repeat", 0)))
     predictions["site"] = clinical.loc[predictions["subject_id"], "site"].to_numpy()
     if getattr(dm, "survival_target", False):
         for col in ("os_days", "os_event"):
