@@ -305,6 +305,8 @@ class RadFusionDataModule(pl.LightningDataModule):
                 raise CohortError(f"splits file {self.splits_file} names subjects not in the cohort "
                                   f"(e.g. {sorted(unknown)[:3]}); delete it to re-split")
             rows = [index[s] for s in self.splits[name]]
+            if name == "test" and not rows and self.split_cfg.get("inner_fold") is not None:
+                continue  # an inner (nested-CV) fold: the outer test split stays untouched
             for t, target in enumerate(self.targets):
                 y = self.labels[rows, t]
                 y = y[~np.isnan(y)]
