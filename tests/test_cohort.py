@@ -151,3 +151,15 @@ def test_habitats_follow_brats_definitions():
     assert (m["WT"] == (m["NCR"] | m["ED"] | m["ET"])).all()
     m23 = habitat_masks(np.array([0, 1, 2, 3]), "brats2023")
     assert m23["ET"].tolist() == [False, False, False, True]
+
+
+def test_longitudinal_manifest_keeps_patient_for_splits(tmp_path):
+    for sid in ("a", "b"):
+        write_case(tmp_path, sid)
+    path = write_manifest(tmp_path, ["a", "a", "b"], timepoint=[0, 1, 0])
+    cohort = validate_cohort(read_manifest(path))
+    assert cohort.ids == ["a_tp0", "a_tp1", "b_tp0"]
+    assert cohort.clinical["patient_id"].tolist() == ["a", "a", "b"]
+    bad = write_manifest(tmp_path, ["a", "a"], timepoint=[0, 0])
+    with pytest.raises(CohortError, match="repeated"):
+        read_manifest(bad)

@@ -107,9 +107,20 @@ def _clinical_frame(rows: pd.DataFrame, source: str) -> pd.DataFrame:
         raise CohortError(f"{source}: no 'subject_id' column (columns: {list(rows.columns)})")
     df = rows.copy()
     df["subject_id"] = df["subject_id"].astype(str).str.strip()
+    df["patient_id"] = df["subject_id"]
     dup = df["subject_id"][df["subject_id"].duplicated()].unique()
-    if len(dup) and "timepoint" not in df.columns:
-        raise CohortError(f"{source}: duplicate subject_id {list(dup)[:5]}")
+    if len(dup):
+        if "timepoint" not in df.columns or df["timepoint"].isna().any():
+            raise CohortError(f"{source}: duplicate subject_id {list(dup)[:5]} (a longitudinal cohort needs a "
+                              "timepoint on every row)")
+        tp = pd.to_numeric(df["timepoint"], errors="coerce")
+        if tp.isna().any() or (tp != tp.round()).any():
+            raise CohortError(f"{source}: timepoint must be an integer on every row")
+        # One row per scan: '<patient>_tp<k>'; patient_id keeps the subject for subject-level splits.
+        df["subject_id"] = df["patient_id"] + "_tp" + tp.astype(int).astype(str)
+        twice = df["subject_id"][df["subject_id"].duplicated()].unique()
+        if len(twice):
+            raise CohortError(f"{source}: subject and timepoint repeated: {list(twice)[:5]}")
     for col in MARKERS:
         if col in df.columns:
             df[col] = [_parse_marker(v, col, sid) for v, sid in zip(df[col], df["subject_id"], strict=False)]
@@ -137,8 +148,7 @@ def read_manifest(path: str | Path, label_convention: str | dict = "brats2021") 
         raise CohortError(f"manifest {path}: missing columns {missing_cols}")
     clinical = _clinical_frame(table, str(path))
     subjects = []
-    for _, row in table.iterrows():
-        sid = str(row["subject_id"]).strip()
+    for (_, row), sid in zip(table.iterrows(), clinical["subject_id"], strict=True):
         images = {}
         for seq in SEQUENCES:
             cell = row[seq]

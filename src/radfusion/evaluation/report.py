@@ -279,7 +279,8 @@ def markdown_to_html(md: str, title: str = "report") -> str:
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:.5em 0;font-size:.9em}th,td{border:1px solid #ccc;"
              "padding:3px 7px;text-align:left;vertical-align:top}th{background:#f2f2f2}img{max-width:48%;"
-             "margin:4px}p>img:only-child{max-width:100%}blockquote{border-left:4px solid #c33;margin:1em 0;padding:.3em 1em;background:#fdf3f3}"
+             "margin:4px}p>img:only-child{max-width:100%}"
+             "blockquote{border-left:4px solid #c33;margin:1em 0;padding:.3em 1em;background:#fdf3f3}"
              "code{font-size:.9em}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

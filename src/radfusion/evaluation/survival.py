@@ -106,8 +106,8 @@ def bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarra
 
 def resampled_concordance(num: np.ndarray, den: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Concordance of each resample (rows of ``counts``); NaN where no pair is comparable."""
-    top = np.einsum("bi,ij,bj->b", counts, num, counts)
-    bottom = np.einsum("bi,ij,bj->b", counts, den, counts)
+    top = ((counts @ num) * counts).sum(axis=1)  # cᵀ·num·c per row, as a BLAS matrix product
+    bottom = ((counts @ den) * counts).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(bottom > 0, top / bottom, np.nan)
 
