@@ -1,7 +1,7 @@
 """Benchmark habitat radiomics: naive PyRadiomics loop vs the shared-filtering engine.
 
     python scripts/bench_extraction.py --n-subjects 2                      # default cohort (96³) + a BraTS-sized case
-    python scripts/bench_extraction.py --n-subjects 4 --features default --no-brats-case
+    python scripts/bench_extraction.py --n-subjects 4 --features default --datasets default
 
 For each dataset (the first ``--n-subjects`` of the default synthetic cohort, 96³ at 1 mm, and one
 synthetic 240×240×155 case) it runs, each in a fresh process, on the same machine:
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,10 @@ def _settings(args: argparse.Namespace):
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    # VmHWM, not ru_maxrss: Linux carries the parent's peak over exec into ru_maxrss.
+    from radfusion.radiomics.extract import _peak_rss_mb
+
+    return _peak_rss_mb() or float("nan")
 
 
 def run_naive(args: argparse.Namespace, manifest: str, ids: list[str]) -> dict:
@@ -168,8 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-subjects", type=int, default=2, help="subjects of the default (96³) cohort")
     p.add_argument("--shape", type=int, nargs=3, default=[96, 96, 96], help="grid of the default cohort")
-    p.add_argument("--brats-case", action=argparse.BooleanOptionalAction, default=True,
-                   help="also one synthetic 240x240x155 case")
+    p.add_argument("--datasets", nargs="+", choices=["default", "brats"], default=["default", "brats"],
+                   help="default: the first --n-subjects of the 96³ cohort; brats: one synthetic 240x240x155 case")
     p.add_argument("--features", choices=sorted(IMAGE_TYPES), default="full",
                    help="full: 6 habitats (ring included) x Original + LoG 1/3/5 mm + wavelet; "
                         "default: 5 habitats, Original")
@@ -196,11 +198,12 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="cache_", dir=data if data.exists() else None))
     datasets = []
     shape = tuple(args.shape)
-    manifest = generate_cohort(data / f"default_{shape[0]}", n_subjects=max(args.n_subjects, 1), shape=shape,
-                               seed=0, progress=False)
-    datasets.append((f"default {shape[0]}³ x{args.n_subjects}", manifest,
-                     load_cohort("manifest", manifest).ids[: args.n_subjects]))
-    if args.brats_case:
+    if "default" in args.datasets:
+        manifest = generate_cohort(data / f"default_{shape[0]}", n_subjects=max(args.n_subjects, 1), shape=shape,
+                                   seed=0, progress=False)
+        datasets.append((f"default {shape[0]}³ x{args.n_subjects}", manifest,
+                         load_cohort("manifest", manifest).ids[: args.n_subjects]))
+    if "brats" in args.datasets:
         # Subject 1 of seed 0 has every habitat (ET, NCR, ED); its WT is ~209 cm³.
         manifest = generate_cohort(data / "brats_240", n_subjects=2, shape=(240, 240, 155), seed=0, progress=False)
         datasets.append(("BraTS-sized 240x240x155", manifest, [load_cohort("manifest", manifest).ids[1]]))

@@ -259,3 +259,34 @@ def test_event_sampler_with_dataloader_and_cox_loss():
         loss.backward()
         assert torch.isfinite(loss)
     assert beta.grad.abs().sum() > 0
+
+
+def test_event_sampler_gives_new_batches_each_lightning_epoch():
+    """Lightning does not call set_epoch on a batch sampler; each epoch must still be the next order."""
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from radfusion.data.samplers import EventBatchSampler
+
+    events = _events(24, 8)
+    sampler = EventBatchSampler(events, 6, min_events=1, seed=3)
+    seen: list[list[int]] = []
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, _):
+            seen.append(batch[0].tolist())
+            return (self.w * batch[1].float()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    ds = TensorDataset(torch.arange(24), torch.from_numpy(events))
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Tiny(), DataLoader(ds, batch_sampler=sampler))
+    expected = [b for epoch in range(3) for b in EventBatchSampler(events, 6, min_events=1, seed=3).batches(epoch)]
+    assert seen == expected

@@ -327,7 +327,10 @@ def test_response_shows_in_ground_truth_volumes(longitudinal):
 
 
 def test_pseudoprogression_enhances_homogeneously(longitudinal):
-    """The documented cue: at follow-up, pseudoprogression's enhancement varies less than progression's."""
+    """The documented cue: at follow-up, pseudoprogression's enhancing tissue is more homogeneous.
+
+    Measured on T2 inside ET: on T1ce the thin bright rim's partial-volume edge dominates the variation.
+    """
     root = longitudinal.parent
     truth = pd.read_csv(root / "ground_truth.csv")
     follow = truth[truth["timepoint"] == 1].set_index("subject_id")
@@ -335,15 +338,15 @@ def test_pseudoprogression_enhances_homogeneously(longitudinal):
     for sid in follow.index:
         name = f"{sid}_tp1"
         seg = np.asarray(nib.load(root / name / f"{name}_seg.nii.gz").dataobj)
-        t1ce = np.asarray(nib.load(root / name / f"{name}_t1ce.nii.gz").dataobj)
-        et = t1ce[seg == 4]
+        t2 = np.asarray(nib.load(root / name / f"{name}_t2.nii.gz").dataobj)
+        et = t2[seg == 4]
         if et.size >= 20:
             cv[sid] = et.std() / et.mean()
     cv = pd.Series(cv)
     pseudo = cv[follow.loc[cv.index, "pseudoprogression"] == 1]
     progression = cv[follow.loc[cv.index, "response"] == 0]
     assert len(pseudo) >= 3 and len(progression) >= 5
-    assert pseudo.median() < progression.median()
+    assert pseudo.median() < 0.7 * progression.median()
     assert _auc(np.r_[np.ones(len(pseudo)), np.zeros(len(progression))], -np.r_[pseudo, progression]) > 0.7
 
 

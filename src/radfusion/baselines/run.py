@@ -63,10 +63,16 @@ def _features(dm) -> dict[str, np.ndarray]:
     return X
 
 
-def _val_score(kind: str, model: BaseEstimator, X: np.ndarray, y, **predict_kw) -> float:
-    if kind in CLASSIFIERS:
-        return float(roc_auc_score(y, positive_probability(model, X)))
-    return float(concordance_index_censored(y["event"], y["time"], model.predict(X, **predict_kw))[0])
+def _val_score(kind: str, model: BaseEstimator, X: np.ndarray, y, **predict_kw) -> float | None:
+    """Validation AUC / Harrell's C; None when undefined (e.g. no comparable pair)."""
+    try:
+        if kind in CLASSIFIERS:
+            value = float(roc_auc_score(y, positive_probability(model, X)))
+        else:
+            value = float(concordance_index_censored(y["event"], y["time"], model.predict(X, **predict_kw))[0])
+    except (ValueError, ZeroDivisionError):
+        return None
+    return value if np.isfinite(value) else None
 
 
 def _val_usable(kind: str, y) -> bool:
@@ -104,7 +110,8 @@ def _fit_select(kind: str, cfg: dict, X_train, y_train, X_val, y_val, what: str,
             # One Coxnet fit gives the whole regularisation path; choose alpha along it.
             path = [float(a) for a in model.alphas_]
             path_scores = [_val_score(kind, model, X_val, y_val, alpha=a) for a in path]
-            i = int(np.nanargmax(path_scores))
+            valid = [j for j, v in enumerate(path_scores) if v is not None]
+            i = max(valid, key=lambda j: path_scores[j]) if valid else len(path) // 2
             kw, score = {"alpha": path[i]}, path_scores[i]
         elif kind == "coxnet":
             alpha = cfg.get("alpha")

@@ -140,6 +140,7 @@ class RadFusionDataModule(pl.LightningDataModule):
         min_events_per_batch: int = 2,
         split: dict | None = None,
         processing: dict | None = None,
+        seed: int = 0,
         batch_size: int = 8,
         num_workers: int = 0,
         n_jobs: int = 1,
@@ -166,6 +167,7 @@ class RadFusionDataModule(pl.LightningDataModule):
             raise ValueError("data.targets is empty and data.survival is false: nothing to predict")
         self.split_cfg = {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, **(_plain(split) or {})}
         self.processing_cfg = dict(_plain(processing) or {})
+        self.seed = int(seed)
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.n_jobs = n_jobs
@@ -358,7 +360,7 @@ class RadFusionDataModule(pl.LightningDataModule):
         if shuffle and self.survival_target:
             events = np.nan_to_num(dataset.survival[:, 1], nan=0.0)
             sampler = EventBatchSampler(events, self.batch_size, min_events=self.min_events_per_batch,
-                                        seed=int(self.split_cfg["seed"]))
+                                        seed=self.seed)
             return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
                               persistent_workers=self.num_workers > 0)
         # A last training batch of one subject makes BatchNorm statistics meaningless: drop it.

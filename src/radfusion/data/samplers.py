@@ -34,8 +34,11 @@ class EventBatchSampler(Sampler[list[int]]):
         drop_last: use ``floor(N / batch_size)`` full batches; the subjects left out of an epoch are
             drawn from the censored ones first, so no event is wasted.
 
-    Use it as ``DataLoader(dataset, batch_sampler=EventBatchSampler(...))``. Lightning calls
-    :meth:`set_epoch` before each epoch; used bare, every ``iter()`` advances to the next epoch.
+    Use it as ``DataLoader(dataset, batch_sampler=EventBatchSampler(...))``. Every ``iter()`` is the
+    next epoch (0, 1, 2, …). Lightning 2.x calls ``set_epoch`` only on ``loader.sampler`` and
+    ``loader.batch_sampler.sampler``, not on a batch sampler, so within one ``fit`` the iteration
+    count is the epoch; call :meth:`set_epoch` (e.g. in ``on_train_epoch_start`` with
+    ``trainer.current_epoch``) to make a resumed run replay the same orders.
     """
 
     def __init__(self, events: np.ndarray, batch_size: int, min_events: int = 2, seed: int = 0,

@@ -7,39 +7,49 @@ harmonisation); **it proves nothing clinical**. Effect sizes are chosen to be le
 
 Output (BraTS 2021 layout): ``<out>/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz`` (float32 images,
 integer-valued, 0 outside the skull-stripped brain; uint8 seg with 1 NCR, 2 ED, 4 ET; identity
-direction, isotropic ``spacing`` mm), ``manifest.csv`` (the data contract of ``DESIGN.md``),
-``ground_truth.csv`` (every latent variable, before masking) and ``params.json`` (all parameters,
-the site table, and these effects in words). ``params.json`` is written last, so its absence means
-an unfinished generation, which the next call resumes.
+direction, isotropic ``spacing`` mm) and, with two timepoints, ``<out>/<id>_tp1/<id>_tp1_*.nii.gz``;
+``manifest.csv`` (the data contract of ``DESIGN.md``, one row per subject and timepoint),
+``ground_truth.csv`` (every latent variable, before masking, one row per scan) and ``params.json``
+(all parameters, the site table, and these effects in words). ``params.json`` is written last,
+so its absence means an unfinished generation, which the next call resumes.
 
-Planted biology (direction and strength; sizes are relative to the brain, see
-:mod:`radfusion.data.synthetic_anatomy`):
+Planted biology (direction and strength at the default ``effect_scale=1``; sizes are relative to
+the brain, see :mod:`radfusion.data.synthetic_anatomy`; the sampling is in
+:mod:`radfusion.data.synthetic_biology`). The effects overlap on purpose: on the default cohort a
+cross-validated L2 logistic regression on the default habitat radiomics reaches an IDH AUC of about
+0.8, MGMT 0.55-0.75 and codeletion 0.6-0.75 (see ``docs/synthetic.md``), not the ceiling.
+``effect_scale`` multiplies every marker and response effect (0: none; 3: nearly separable).
 
-- **IDH** mutant with p = 0.40. Mutant vs wildtype: age N(40, 10) vs N(62, 10) years; whole-tumour
-  volume about 0.6x (log-volume shift -0.5); tumour core 0.35–0.6 vs 0.55–0.8 of the tumour
-  radius; enhancement patchy (15–50 % of the outer core, T1ce gain 0.75–0.9) and absent in 30 % of
-  mutants (an empty ET habitat) vs a full enhancing rim (gain 0.95–1.1); necrosis in 35 % (small,
-  0.25–0.5 of the core radius) vs 90 % (0.6–0.9); intensity heterogeneity amplitude 3–6 % vs
-  10–16 %; T2–FLAIR mismatch in the non-enhancing core (T2 up to 25 % brighter than edema, FLAIR
-  25–45 % darker), absent in wildtype. Age also widens the ventricles (0.8 % per year from 50).
+- **IDH** mutant with p = 0.40; age N(40, 10) vs N(62, 10) years. One latent aggressiveness,
+  ``1.2 * effect_scale / 2`` SD above (wildtype) or below (mutant) zero plus N(0, 1), drives five
+  traits, each ``0.8 * aggressiveness + 0.6 * N(0, 1)``: tumour-core radius (0.3–0.8 of the tumour
+  radius), necrosis (wildtype 81 % / mutant 45 %; 0.25–0.85 of the core radius), enhancement (none
+  in 14 % / 47 %, patchy 15–75 % of the outer core in 34 % / 35 %, a full rim in 52 % / 19 %; T1ce
+  gain 0.8–1.1), intensity heterogeneity (3–15 %) and a T2–FLAIR mismatch in the non-enhancing
+  core (8 % / 34 %; T2 up to 25 % brighter than edema, FLAIR 25–45 % darker). So some wildtype
+  tumours look low-grade in every respect and some mutants enhance. Age widens the ventricles
+  (0.8 % per year from 50).
 - **MGMT** methylated with p = 0.85 (IDH-mutant) / 0.45 (IDH-wildtype): a fine band-pass texture
-  (difference of Gaussians, sigma 0.5 and 1.0 voxel) of 5–8 % amplitude multiplies FLAIR in the
-  edema. Tumour heterogeneity is kept coarser (blotches of >= 3 voxels) so it does not drown this.
-- **1p/19q codeletion** in 40 % of IDH-mutants only (0 for wildtype): tumour centre anterior
-  (frontal; y in 0.3–0.65 of the brain semi-axis vs -0.6–0.45), and 2–20 calcification-like
-  spots (Gaussian sigma 0.9 voxel) in the tumour bulk, darkening T2 by 80 %, T1ce 60 %, FLAIR
-  50 %, T1 30 % at their centre.
+  (difference of Gaussians, sigma 0.5 and 1.0 voxel) multiplies FLAIR in the edema with amplitude
+  ``3 % * exp(±0.5 * effect_scale + 0.35 * N(0, 1))`` (+ methylated): unmethylated tumours have a
+  fainter one. Tumour heterogeneity is kept coarser (blotches of >= 3 voxels).
+- **1p/19q codeletion** in 40 % of IDH-mutants only (0 for wildtype): tumour centre shifted
+  anteriorly by ``0.3 * effect_scale`` of the brain semi-axis (y from U(-0.6, 0.45), clipped at
+  0.65: the ranges overlap); calcification-like spots (Gaussian sigma 0.9 voxel) in 75 % of
+  codeleted tumours (30–100 % of 2–20 spots, depth ``effect_scale * U(0.45, 0.85)`` of 80 % on T2,
+  60 % T1ce, 50 % FLAIR, 30 % T1) and in 10 % of other IDH-mutants (1–2 spots, depth 0.2–0.4).
 - **Spatial arrangement** (hard for rotation-invariant handcrafted features): the necrotic core
   is pushed from the tumour centre towards the brain centre (midline / ventricles) by ``ecc`` x
-  (core radius - minimal rim); ``ecc`` = 0.55 (wildtype) or 0.08 (mutant) + 0.15·z_ecc, z_ecc ~ N(0, 1)
-  independent of everything else, and z_ecc enters the survival risk (+0.4 per SD, when necrosis
-  exists) on its own.
-- **Absolute volume** (hard for a CNN on a crop resized to a fixed size): z_vol ~ N(0, 1) shifts
-  the log whole-tumour volume (0.4 per SD) and enters the survival risk (+0.3 per SD) on its own.
+  (core radius - minimal rim); ``ecc = 0.30 ± 0.15 * effect_scale (+ wildtype) + 0.18 * z_ecc``,
+  z_ecc ~ N(0, 1) independent of everything else (aggressiveness included); z_ecc enters the
+  survival risk (+0.4 per SD, when necrosis exists) on its own.
+- **Absolute volume** (hard for a CNN on a crop resized to a fixed size): the log whole-tumour
+  volume is ``log(0.035) ± 0.15 * effect_scale (+ wildtype) + 0.4 * z_vol`` (fraction of the
+  brain), independent of aggressiveness; z_vol enters the survival risk (+0.3 per SD) on its own.
 - **Survival**: Weibull (shape 1.4) proportional hazards on the log-risk
   ``1.0·IDH-wt + 0.6·MGMT-unmethylated - 0.4·codeleted + 0.03·(age - 55) + 0.3·z_vol
-  + 0.4·z_ecc·[necrosis]``; median event time ~680 days (IDH-wt ~400, IDH-mutant ~1800); independent
-  uniform censoring on 60–3600 days leaves about 70 % events.
+  + 0.4·z_ecc·[necrosis]``; median event time ~670 days (IDH-wt ~420, IDH-mutant ~1760); independent
+  uniform censoring on 60–3600 days leaves about 70 % events. Not affected by ``effect_scale``.
 - **Grade** 2/3/4 follows IDH and necrosis (wildtype 4, or 3/4 without necrosis; mutant 4 or 3 with
   necrosis, 3 with enhancement, else 2 or 3; codeleted at most 3). **Sex** is random (55 % M).
 - **Sites** "A", "B", ... assigned uniformly, independently of biology; per site and sequence a
@@ -47,6 +57,19 @@ Planted biology (direction and strength; sizes are relative to the brain, see
   (sigma 0–0.9 voxels) and a smooth bias field (3–12 %).
 - **Missing labels**: MGMT and codeletion are unknown (empty cell) with probability
   ``missing_rate``, IDH with ``missing_rate / 2``.
+
+Second timepoint (``n_timepoints=2``; :func:`radfusion.data.synthetic_biology.sample_followup`):
+a follow-up scan 56–120 days later (``days_from_baseline`` in ground_truth.csv) on the same grid,
+same anatomy, site, tumour location and outline, new acquisition noise; the baseline scan is
+byte-identical to the cross-sectional cohort's. ``response`` (manifest and ground truth) is 1 with
+p = 0.60 (MGMT-methylated) / 0.35. The log whole-tumour volume changes by
+``N(effect_scale * mu, 0.2)``, mu = -0.45 (responder), +0.35 (non-responder: true progression),
++0.25 (pseudoprogression, in 35 % / 20 % of methylated / unmethylated responders). Responders lose
+enhancement (rim -> patchy), necrosis (x0.8) and heterogeneity (x0.8); progression gains
+enhancement, necrosis (x1.15, or new in 40 %) and heterogeneity (x1.25); pseudoprogression enhances
+as a full, brighter rim with no new necrosis and homogeneous tissue (heterogeneity x0.35), the cue
+that tells it from progression (e.g. a low T2 coefficient of variation inside ET). So the change
+between timepoints predicts response better than either scan.
 """
 
 from __future__ import annotations
@@ -296,18 +319,18 @@ def _effects_text(n_timepoints: int = 1) -> dict[str, str]:
     """The planted effects in words, for params.json (the module docstring has the numbers)."""
     text = {
         "disclaimer": "Synthetic data: exercises the machinery, proves nothing clinical.",
-        "effect_scale": "multiplies every planted imaging effect of the markers and of response; 1 = a "
-                        "cross-validated radiomics logistic regression reaches IDH AUC ~0.85, MGMT ~0.65, "
-                        "codeletion ~0.8 on the default cohort; 0 = no imaging signal",
-        "idh": "p=0.40 mutant; younger (N(40,10) vs N(62,10)); one latent aggressiveness (IDH-wt +0.95, "
-               "mutant -0.95 SD at effect_scale 1, plus N(0,1)) drives core size, necrosis (87% vs 34%), "
-               "enhancement (none 12% vs 64%, full rim 65% vs 13%), heterogeneity and T2-FLAIR mismatch "
-               "(5% vs 45%), each with loading 0.8, so the classes overlap; longer survival",
+        "effect_scale": "multiplies every planted imaging effect of the markers and of response; at 1 a "
+                        "cross-validated radiomics logistic regression reaches IDH AUC ~0.8, MGMT ~0.55-0.75, "
+                        "codeletion ~0.6-0.75 on the default cohort; 0 = no imaging signal",
+        "idh": "p=0.40 mutant; younger (N(40,10) vs N(62,10)); one latent aggressiveness (IDH-wt +0.6, "
+               "mutant -0.6 SD x effect_scale, plus N(0,1)) drives core size, necrosis (81% vs 45%), "
+               "enhancement (none 14% vs 47%, full rim 52% vs 19%), heterogeneity and T2-FLAIR mismatch "
+               "(8% vs 34%), each with loading 0.8, so the classes overlap; longer survival",
         "mgmt": "p=0.85 (IDH-mut) / 0.45 (IDH-wt) methylated; fine band-pass FLAIR texture in edema, "
                 "amplitude 3% x exp(+-0.5*effect_scale + 0.35*N(0,1)); longer survival",
         "codeletion": "IDH-mutant only (40%), 0 for IDH-wt; centre shifted anteriorly by 0.3*effect_scale "
                       "(ranges overlap); calcification-like dark spots in 75% of codeleted (and 10% of "
-                      "other IDH-mutant, fewer and fainter) tumours, depth effect_scale*U(0.35,0.75)",
+                      "other IDH-mutant, fewer and fainter) tumours, depth effect_scale*U(0.45,0.85)",
         "spatial": "necrotic core offset towards the brain centre, ecc = 0.30 +- 0.15*effect_scale "
                    "(IDH-wt +) + 0.18*z_ecc; z_ecc raises risk independently (+0.4/SD with necrosis)",
         "volume": "log tumour volume +-0.15*effect_scale (IDH-wt +) + 0.4*z_vol, independent of the "
@@ -324,6 +347,7 @@ def _effects_text(n_timepoints: int = 1) -> dict[str, str]:
             "response p=0.60 (MGMT-methylated) / 0.35; log volume change N(effect_scale*mu, 0.2) with "
             "mu -0.45 responder, +0.35 progression, +0.25 pseudoprogression (35%/20% of methylated/"
             "unmethylated responders); responders lose enhancement, necrosis and heterogeneity; "
-            "progression gains them; pseudoprogression enhances as a full, homogeneous rim "
-            "(heterogeneity x0.35) without new necrosis")
+            "progression gains them; pseudoprogression enhances as a full rim of homogeneous tissue "
+            "(heterogeneity x0.35 on every sequence, e.g. a low T2 coefficient of variation in ET) "
+            "without new necrosis")
     return text

@@ -217,18 +217,24 @@ def compute_entries(image: sitk.Image, masks: dict[str, sitk.Image], plan: Plan,
                 reseg_rejected[hk] = str(err)
                 tex_mask = None
         prepared[hk] = (mask, tex_mask, tex_bbox if tex_mask is not None else bbox)
+    # Habitats with identical masks (TC = ET without necrosis, WT = TC without edema, ...) have
+    # identical features: compute them once and copy (exact, not an approximation).
+    same_as = _identical_masks(prepared)
 
     def want(hk: str, key: str) -> bool:
         return wanted is None or key in wanted.get(hk, set())
 
     entries: dict[str, dict] = {}
     if with_shape and plan.shape_key:
+        done: dict[str, dict] = {}
         for hk, (mask, tex_mask, bbox) in prepared.items():
             key = entry_key(hk, plan.shape_key, None)
             if want(hk, key):
-                shape_mask = tex_mask if s.get("resegmentShape", False) and tex_mask is not None else mask
-                values = plan.extractor.computeShape(image, shape_mask, bbox, **s)
-                entries[key] = {k: float(v) for k, v in values.items()}
+                if same_as[hk] not in done:
+                    shape_mask = tex_mask if s.get("resegmentShape", False) and tex_mask is not None else mask
+                    values = plan.extractor.computeShape(image, shape_mask, bbox, **s)
+                    done[same_as[hk]] = {k: float(v) for k, v in values.items()}
+                entries[key] = dict(done[same_as[hk]])
     for unit in plan.units:
         todo = {hk: entry_key(hk, unit, box) for hk, p in prepared.items() if p[1] is not None}
         todo = {hk: key for hk, key in todo.items() if want(hk, key)}
@@ -236,7 +242,9 @@ def compute_entries(image: sitk.Image, masks: dict[str, sitk.Image], plan: Plan,
             continue
         args = {**s, **unit.kwargs}
         generate = getattr(imageoperations, f"get{unit.image_type}Image")
-        groups = [list(todo)] if unit.shared else [[hk] for hk in todo]
+        distinct = list(dict.fromkeys(same_as[hk] for hk in todo))
+        distinct = [next(hk for hk in todo if same_as[hk] == rep) for rep in distinct]
+        groups = [distinct] if unit.shared else [[hk] for hk in distinct]
         for group in groups:
             results: dict[str, dict] = {hk: {} for hk in group}
             # A shared filter ignores the mask it is given; a mask-dependent one gets its habitat's.
@@ -248,8 +256,22 @@ def compute_entries(image: sitk.Image, masks: dict[str, sitk.Image], plan: Plan,
                     values = plan.extractor.computeFeatures(img_c, mask_c, name, **kwargs)
                     results[hk].update({k: float(v) for k, v in values.items()})
             for hk in group:
-                entries[todo[hk]] = results[hk]
+                for other in todo:
+                    if same_as[other] == same_as[hk]:
+                        entries[todo[other]] = dict(results[hk])
     return entries
+
+
+def _identical_masks(prepared: dict[str, tuple]) -> dict[str, str]:
+    """Habitat key -> key of the first habitat whose masks (shape and texture) are identical."""
+    signatures: dict[str, str] = {}
+    for hk, (mask, tex_mask, bbox) in prepared.items():
+        h = hashlib.sha1(np.asarray(bbox).tobytes())
+        for m in (mask, tex_mask):
+            h.update(b"|" if m is None else np.ascontiguousarray(sitk.GetArrayViewFromImage(m)).tobytes())
+        signatures[hk] = h.hexdigest()
+    first: dict[str, str] = {}
+    return {hk: first.setdefault(sig, hk) for hk, sig in signatures.items()}
 
 
 def compute_item(subject: Subject, sequence: str, with_shape: bool, settings: FeatureSettings, plan: Plan,

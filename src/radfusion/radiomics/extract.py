@@ -137,12 +137,16 @@ def assemble_row(items: dict[str, dict], settings: FeatureSettings, plan: Plan) 
 # --------------------------------------------------------------------------------------------
 
 def _peak_rss_mb() -> float | None:
+    """Peak resident memory of this process in MB (Linux ``VmHWM``; ``ru_maxrss`` would carry the
+    parent's peak over into a freshly spawned worker), or None where unavailable."""
     try:
-        import resource
-
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # KiB on Linux
-    except (ImportError, OSError):  # pragma: no cover - not on Linux
-        return None
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)  # kB
+    except OSError:
+        pass
+    return None
 
 
 def _run_task(task: dict, settings: FeatureSettings, label_convention: str | dict,
@@ -290,8 +294,9 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
                 tasks.append({"subject": subject, "sequence": seq, "with_shape": i == 0, "path": path,
                               "checksum": checksum})
 
-    # One SimpleITK thread per worker when the workers already use every core.
-    threads = max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 1 or backend == "dask" else None
+    # Share the cores between the workers' SimpleITK filters; Dask workers are single-threaded
+    # processes that may live on other machines, so one thread each there.
+    threads = 1 if backend == "dask" else max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 1 else None
     fn = functools.partial(_run_task, settings=settings, label_convention=conv, sitk_threads=threads)
     n_items = len(cohort) * len(settings.sequences)
     bar = tqdm(total=n_items, initial=len(results), desc="habitat radiomics", unit="item", disable=not progress)

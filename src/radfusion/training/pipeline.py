@@ -185,6 +185,7 @@ def _train_baseline(cfg: DictConfig, dm, out_dir: Path, t0: float, t_data: float
 
     predictions = add_subject_columns(run_baseline(OmegaConf.to_container(cfg.model, resolve=True), dm), dm)
     extra = _run_summary(cfg, dm, cfg.model.mode, t0, t_data)
+    extra["baseline"] = predictions.attrs.get("baseline")  # chosen hyperparameters, validation scores
     metrics = write_run_outputs(out_dir, predictions, list(dm.targets), extra,
                                 n_boot=int(cfg.get("n_bootstrap", 2000)))
     metrics["val/auc_best"] = metrics.get("val/auc_" + dm.targets[0]) if dm.targets else None
