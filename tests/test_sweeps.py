@@ -4,6 +4,7 @@ launcher, in a subprocess, on the tiny cohort with a frozen encoder (so each tri
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,35 @@ def test_optuna_sweep_frozen_encoder(tiny_cohort, tmp_path):
     kinds = {yaml.safe_load((t / "config_resolved.yaml").read_text())["model"]["fusion"]["kind"] for t in trials}
     assert kinds <= {"concat", "gated", "attention"}
 
+    # trials after the first reuse the process's validated cohort (data.reuse_in_process in idh_optuna)
+    reused = ["reuse_in_process: reusing" in (t / "train.log").read_text() for t in trials]
+    assert reused == [False, True, True]
     # frozen encoder: one set of embeddings for the whole sweep (same seed → same weights → one cache key)
     folders = {p.parent for p in (tmp_path / "cache" / "embeddings").rglob("*.npy")}
     assert len(folders) == 1
     assert len(list(next(iter(folders)).glob("*.npy"))) == 20
+
+
+@pytest.mark.slow
+def test_reuse_in_process_is_keyed_by_settings_and_file_stamps(cfg_factory):
+    from hydra.utils import instantiate
+
+    cfg = cfg_factory("idh_hybrid", ["data.reuse_in_process=true"])
+
+    def prepared():
+        dm = instantiate(cfg.data, use_images=True, use_radiomics=True)
+        dm.prepare_data()
+        return dm
+
+    first, second = prepared(), prepared()
+    assert second.cohort is first.cohort and second.roi_paths == first.roi_paths
+    # an image file whose mtime changes (edited, re-copied) invalidates the reuse
+    image = first.cohort.subjects[0].images["flair"]
+    stat = os.stat(image)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    third = prepared()
+    assert third.cohort is not first.cohort and third.ids == first.ids
+    # other settings (here: no images) never share an entry
+    dm = instantiate(cfg.data, use_images=False, use_radiomics=True)
+    dm.prepare_data()
+    assert dm.cohort is not third.cohort

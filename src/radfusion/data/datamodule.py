@@ -38,6 +38,9 @@ from radfusion.radiomics.settings import FeatureSettings
 
 log = logging.getLogger(__name__)
 
+# Prepared cohorts of this process, for ``reuse_in_process`` (sweeps): key → prepared attributes.
+_PREPARED: dict[str, dict] = {}
+
 
 def _plain(cfg):
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
@@ -124,6 +127,9 @@ class RadFusionDataModule(pl.LightningDataModule):
         processing: in-fold feature processing (see :class:`radfusion.radiomics.processing.FeatureProcessor`):
             ``{combat, combat_covariates, corr_threshold, selector, n_features, min_icc, icc_table, clip}``.
         use_images, use_radiomics: which inputs the model needs (set from the model's mode).
+        augmentation: keyword arguments of :class:`~radfusion.data.roi.ROIAugment` (training only).
+        reuse_in_process: reuse the validated cohort and cache paths prepared earlier in this
+            process with the same settings and unchanged files (sweeps; off by default).
     """
 
     def __init__(
@@ -149,6 +155,7 @@ class RadFusionDataModule(pl.LightningDataModule):
         use_images: bool = True,
         use_radiomics: bool = True,
         progress: bool = True,
+        reuse_in_process: bool = False,
     ) -> None:
         super().__init__()
         self.cohort_cfg = _plain(cohort)
@@ -177,10 +184,12 @@ class RadFusionDataModule(pl.LightningDataModule):
         self.use_images = use_images
         self.use_radiomics = use_radiomics
         self.progress = progress
+        self.reuse_in_process = reuse_in_process
         self._ready = False
 
     # ------------------------------------------------------------------ preparation
-    def load_cohort(self) -> Cohort:
+    def _read_cohort(self) -> Cohort:
+        """The cohort as listed (generated first if synthetic), not yet validated."""
         c = self.cohort_cfg
         path = c["path"]
         if c["source"] == "synthetic":
@@ -193,7 +202,11 @@ class RadFusionDataModule(pl.LightningDataModule):
             source = "manifest"
         else:
             source = c["source"]
-        cohort = load_cohort(source, path, c.get("clinical"), c.get("label_convention", "brats2021"))
+        return load_cohort(source, path, c.get("clinical"), c.get("label_convention", "brats2021"))
+
+    def load_cohort(self) -> Cohort:
+        c = self.cohort_cfg
+        cohort = self._read_cohort()
         return validate_cohort(cohort, tolerance=c.get("geometry_tolerance", 1e-3),
                                skip_invalid=c.get("skip_invalid", False), min_subjects=2)
 
@@ -207,6 +220,12 @@ class RadFusionDataModule(pl.LightningDataModule):
         failures: dict[str, str] = {}
         if self.cohort_cfg["source"] == "feature_table":
             self._prepare_feature_table()
+            return
+        key = self._reuse_key() if self.reuse_in_process else None
+        if key is not None and key in _PREPARED:
+            log.info("data.reuse_in_process: reusing this process's validated cohort and cache paths")
+            self.__dict__.update(_PREPARED[key])
+            self._ready = True
             return
         self.cohort = self.load_cohort()
         if self.use_radiomics:
@@ -223,6 +242,31 @@ class RadFusionDataModule(pl.LightningDataModule):
         self.failures = failures
         self.ids = [s for s in self.cohort.ids if s not in failures]
         self._ready = True
+        if key is not None:
+            _PREPARED[key] = {k: getattr(self, k) for k in ("cohort", "features", "roi_paths", "failures", "ids")
+                              if hasattr(self, k)}
+
+    def _reuse_key(self) -> str | None:
+        """Key of a prepared cohort: the settings, the clinical table and the size + mtime of every
+        image file (an edited file makes a new key). Sweeps run many trials in one process (or in
+        reused joblib workers); re-validating every image and re-checksumming the caches for each
+        trial would dominate a frozen-encoder trial. None when the cohort cannot be read (the full
+        path then reports why)."""
+        import os
+
+        from radfusion.cache import settings_hash
+
+        try:
+            raw = self._read_cohort()
+            files = [p for s in raw.subjects for p in (*s.images.values(), s.seg) if p is not None]
+            stamp = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in files]
+            clinical = int(pd.util.hash_pandas_object(raw.clinical, index=True).sum())
+        except (OSError, CohortError, ValueError, TypeError):
+            return None
+        return settings_hash({"cohort": self.cohort_cfg, "synthetic": self.synthetic_cfg,
+                              "features": repr(self.feature_settings), "roi": self.roi_settings.key(),
+                              "images": self.use_images, "radiomics": self.use_radiomics,
+                              "cache": str(self.cache_dir), "files": stamp, "clinical": clinical}, length=40)
 
     def _prepare_feature_table(self) -> None:
         """Precomputed features + clinical table: no image is read, so no CNN branch."""

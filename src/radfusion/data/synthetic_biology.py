@@ -144,11 +144,11 @@ def sample_subject(seed: int, index: int, n_sites: int, missing_rate: float, eff
 #: separates the groups; the volume change carries most of the signal.
 _FOLLOWUP_LOG_CHANGE: dict[str, tuple[float, float, float, float]] = {
     #                 responder, pseudoprogression, progression, noise SD
-    "vol_frac":       (-0.35, 0.20, 0.30, 0.30),
+    "vol_frac":       (-0.35, 0.20, 0.30, 0.35),
     "core_frac":      (-0.10, 0.05, 0.05, 0.08),
     "ncr_frac":       (-0.15, 0.00, 0.10, 0.10),
     "et_gain":        (-0.08, 0.08, 0.00, 0.06),
-    "het_amp":        (-0.10, -0.70, 0.10, 0.25),
+    "het_amp":        (-0.10, -0.70, 0.10, 0.35),
 }
 
 

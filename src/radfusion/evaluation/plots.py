@@ -25,7 +25,8 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
         ax.plot(fpr, tpr, lw=1.8, label=f"{name} (AUC {auc:.3f}, n={keep.sum()})")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     ax.set(xlabel="1 − specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
@@ -96,5 +97,6 @@ def plot_td_auc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Pa
             ax.plot(times, aucs, marker="o", lw=1.5, label=name)
     ax.axhline(0.5, ls="--", c="grey", lw=0.8)
     ax.set(xlabel="days", ylabel="cumulative/dynamic AUC(t)", title=title, ylim=(0, 1.02))
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)

@@ -272,8 +272,40 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
     conv = cohort.label_convention
     t0 = time.perf_counter()
 
+    # Rows are assembled as soon as a subject's items are all in, and the items dropped: the main
+    # process holds the (subjects x columns) matrix and the items in flight, not every item.
+    matrix = np.full((len(ids), len(columns)), np.nan)
+    row_of = {sid: i for i, sid in enumerate(ids)}
+    col_index = {c: j for j, c in enumerate(columns)}
+    pending: dict[str, dict[str, dict]] = defaultdict(dict)
+    failures, extra, diag_rows, checksums = {}, {}, {}, []
+    counts, n_warn = Counter(), Counter()
+
+    def finish(result: dict) -> None:
+        sid = result["subject_id"]
+        counts[result["status"]] += 1
+        n_warn.update(result.get("warnings") or {})
+        checksums.append((sid, result["sequence"], (result.get("item") or {}).get("checksum")))
+        if result["status"] == "failed":
+            log.error("radiomics: %s", result["error"])
+        pending[sid][result["sequence"]] = result
+        if len(pending[sid]) < len(settings.sequences):
+            return
+        res = pending.pop(sid)
+        diag_rows[sid] = [_diagnostics_row(res[s], settings) for s in settings.sequences]
+        errors = list(dict.fromkeys(res[s]["error"] for s in settings.sequences if res[s]["status"] == "failed"))
+        if errors:
+            failures[sid] = "; ".join(errors)
+            return
+        for k, v in assemble_row({s: res[s]["item"] for s in settings.sequences}, settings, plan).items():
+            j = col_index.get(k)
+            if j is None:  # a name the phantom did not produce (e.g. LoG sigma wider than 32 mm)
+                extra.setdefault(k, {})[sid] = v
+            else:
+                matrix[row_of[sid], j] = v
+
     # Look up every item first (reads only small JSON files); only missing work goes to workers.
-    tasks, results = [], []
+    tasks = []
     memo: dict[str, str] = {}
     for subject in cohort.subjects:
         for i, seq in enumerate(settings.sequences):
@@ -282,14 +314,14 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
                 checksum = engine.input_checksum([subject.images.get(seq), subject.seg], conv, memo)
             except (OSError, TypeError) as err:
                 name = getattr(err, "filename", None) or subject.images.get(seq)
-                results.append({**base, "status": "failed", "item": None,
-                                "error": f"subject {subject.subject_id}: cannot read {name}: "
-                                         f"{getattr(err, 'strerror', None) or err}"})
+                finish({**base, "status": "failed", "item": None,
+                        "error": f"subject {subject.subject_id}: cannot read {name}: "
+                                 f"{getattr(err, 'strerror', None) or err}"})
                 continue
             path = engine.item_path(items_root, subject.subject_id, seq, checksum)
             item = engine.read_item(path)
             if engine.item_complete(item, settings, plan, i == 0, _expected_margin(item, settings)):
-                results.append({**base, "status": "cached", "item": item})
+                finish({**base, "status": "cached", "item": item})
             else:
                 tasks.append({"subject": subject, "sequence": seq, "with_shape": i == 0, "path": path,
                               "checksum": checksum})
@@ -299,55 +331,24 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
     threads = 1 if backend == "dask" else max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 1 else None
     fn = functools.partial(_run_task, settings=settings, label_convention=conv, sitk_threads=threads)
     n_items = len(cohort) * len(settings.sequences)
-    bar = tqdm(total=n_items, initial=len(results), desc="habitat radiomics", unit="item", disable=not progress)
+    bar = tqdm(total=n_items, initial=n_items - len(tasks), desc="habitat radiomics", unit="item",
+               disable=not progress)
     for result in run_tasks(fn, tasks, backend, n_jobs, scheduler):
-        results.append(result)
+        finish(result)
         bar.update(1)
-        if result["status"] == "failed":
-            log.error("radiomics: %s", result["error"])
     bar.close()
 
-    by_subject: dict[str, dict[str, dict]] = defaultdict(dict)
-    for r in results:
-        by_subject[r["subject_id"]][r["sequence"]] = r
-    matrix = np.full((len(ids), len(columns)), np.nan)
-    col_index = {c: j for j, c in enumerate(columns)}
-    failures, kept, extra = {}, [], {}
-    for sid in ids:
-        res = by_subject[sid]
-        errors = list(dict.fromkeys(res[s]["error"] for s in settings.sequences if res[s]["status"] == "failed"))
-        if errors:
-            failures[sid] = "; ".join(errors)
-            continue
-        row = assemble_row({s: res[s]["item"] for s in settings.sequences}, settings, plan)
-        r = len(kept)
-        kept.append(sid)
-        for k, v in row.items():
-            j = col_index.get(k)
-            if j is None:  # a name the phantom did not produce (e.g. LoG sigma wider than 32 mm)
-                extra.setdefault(k, {})[sid] = v
-            else:
-                matrix[r, j] = v
-    df = pd.DataFrame(matrix[: len(kept)], index=pd.Index(kept, name="subject_id"), columns=columns)
+    kept = [sid for sid in ids if sid not in failures]
+    df = pd.DataFrame(matrix[[row_of[s] for s in kept]], index=pd.Index(kept, name="subject_id"), columns=columns)
     if extra:
         df = pd.concat([df, pd.DataFrame(extra, index=df.index, dtype=float)], axis=1)
     df.attrs["failures"] = failures
-
-    order = {sid: i for i, sid in enumerate(ids)}
-    seq_rank = {s: i for i, s in enumerate(settings.sequences)}
-    results.sort(key=lambda r: (order[r["subject_id"]], seq_rank[r["sequence"]]))
-    diagnostics = pd.DataFrame([_diagnostics_row(r, settings) for r in results])
+    diagnostics = pd.DataFrame([row for sid in ids for row in diag_rows[sid]])
     # The table is a function of the settings and of each item's inputs (entries are deterministic):
     # when neither changed, the (slow, for ~27,000 columns) parquet file is already right.
-    fingerprint = short_hash([settings.cache_key(), columns, list(df.columns), kept, failures,
-                              [(r["subject_id"], r["sequence"], (r.get("item") or {}).get("checksum"))
-                               for r in results]], 40)
+    fingerprint = short_hash([settings.cache_key(), columns, list(df.columns), kept, failures, sorted(checksums)], 40)
     _write_outputs(out_dir, df, diagnostics, failures, fingerprint)
 
-    counts = Counter(r["status"] for r in results)
-    n_warn = Counter()
-    for r in results:
-        n_warn.update(r.get("warnings") or {})
     log.info("radiomics: %d items computed, %d from cache, %d failed; %d subjects x %d features in %.1f s (%s)",
              counts["computed"], counts["cached"], counts["failed"], len(df), df.shape[1],
              time.perf_counter() - t0, out_dir)

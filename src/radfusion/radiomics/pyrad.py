@@ -233,7 +233,9 @@ def build_plan(params: dict | str | Path) -> Plan:
     settings = dict(extractor.settings)
     settings["label"] = 1  # radfusion builds every habitat mask with 1 inside
     settings.pop("additionalInfo", None)  # diagnostics are never computed
-    enabled = extractor.enabledFeatures
+    # None and [] both mean "every feature of the class": one spelling, so that equivalent configs
+    # (a YAML "glcm:" and a dict "glcm: []") share cache entries.
+    enabled = {k: sorted(v) if v else None for k, v in extractor.enabledFeatures.items()}
     texture_classes = {k: v for k, v in enabled.items() if not k.startswith("shape")}
     shape_classes = {k: v for k, v in enabled.items() if k.startswith("shape")}
     resample = settings.get("resampledPixelSpacing") is not None and settings.get("interpolator") is not None

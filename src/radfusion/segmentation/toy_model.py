@@ -213,7 +213,7 @@ def train_toy_model(cohort: Cohort, out_dir: str | Path, steps: int = 200, batch
         opt.step()
         sched.step()
         if log_every and (step + 1) % log_every == 0:
-            log.info("toy nnU-Net: step %d/%d, loss %.3f", step + 1, steps, float(loss))
+            log.info("toy nnU-Net: step %d/%d, loss %.3f", step + 1, steps, float(loss.detach()))
     net.eval()
     out = write_model_folder(out_dir, plans, dataset_json, net)
     log.info("toy nnU-Net: %d cases, %d steps in %.1f s -> %s", len(cases), steps, time.perf_counter() - t0, out)
