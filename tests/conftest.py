@@ -61,7 +61,9 @@ def cfg_factory(tiny_cohort, shared_cache, tmp_path):
             "data.batch_size=4",
             "data.n_jobs=1",
             "data.progress=false",
-            "features.params.featureClass={shape: null, firstorder: null, glcm: null}",
+            # `~` then `+` replaces the feature-class dict (a plain override would merge into it)
+            "~features.params.featureClass",
+            "+features.params.featureClass={shape: null, firstorder: null, glcm: null}",
             f"paths.cache_dir={shared_cache}",
             f"paths.data_dir={tmp_path / 'data'}",
             f"paths.log_dir={tmp_path / 'runs'}",
