@@ -52,7 +52,7 @@ def cv_auc(X: pd.DataFrame, y: np.ndarray, C: float = 0.05, repeats: int = 5) ->
     aucs = []
     folds = RepeatedStratifiedKFold(n_splits=5, n_repeats=repeats, random_state=0)
     for train, test in folds.split(values, y):
-        model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(),
+        model = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
                               LogisticRegression(C=C, max_iter=5000))
         model.fit(values[train], y[train])
         aucs.append(roc_auc_score(y[test], model.predict_proba(values[test])[:, 1]))
@@ -60,32 +60,33 @@ def cv_auc(X: pd.DataFrame, y: np.ndarray, C: float = 0.05, repeats: int = 5) ->
 
 
 def _scan_features(manifest: Path, cache: Path, n_jobs: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Default habitat radiomics of every scan (index ``<subject_id>_tp<k>``) and the manifest table."""
-    from radfusion.data.cohort import SEQUENCES, Cohort, Subject
+    """Default habitat radiomics of every scan and the reader's clinical table (same index).
+
+    The cohort reader names the scans of a longitudinal manifest ``<subject_id>_tp<k>`` and keeps the
+    subject in ``patient_id``; a cross-sectional manifest keeps its ids.
+    """
+    from radfusion.data.cohort import read_manifest
     from radfusion.radiomics.extract import extract_cohort
     from radfusion.radiomics.settings import FeatureSettings
 
-    table = pd.read_csv(manifest, dtype={"subject_id": str})
-    table["scan_id"] = [f"{s}_tp{t}" for s, t in zip(table["subject_id"], table["timepoint"], strict=True)]
-    # One Subject per scan: the extractor wants unique ids, and timepoints are separate scans here.
-    subjects = [Subject(row.scan_id, {q: (manifest.parent / getattr(row, q)).resolve() for q in SEQUENCES},
-                        (manifest.parent / row.seg).resolve()) for row in table.itertuples()]
-    cohort = Cohort(subjects, table.set_index("scan_id", drop=False), "brats2021", manifest.parent)
+    cohort = read_manifest(manifest)
     start = time.perf_counter()
     features = extract_cohort(cohort, FeatureSettings(), cache, n_jobs=n_jobs, progress=True)
     print(f"features: {features.shape[1]} per scan, {len(features)} scans, {time.perf_counter() - start:.0f} s")
     if features.attrs.get("failures"):
         print(f"extraction failures (excluded): {features.attrs['failures']}")
-    return features, table.set_index("scan_id")
+    clinical = cohort.clinical.loc[features.index].copy()
+    clinical["timepoint"] = pd.to_numeric(clinical["timepoint"]).fillna(0).astype(int)
+    return features, clinical
 
 
 def measure(manifest: Path, cache: Path, n_jobs: int = 1) -> pd.DataFrame:
     """Print and return the cross-validated AUC per endpoint (see the module docstring)."""
     features, table = _scan_features(manifest, cache, n_jobs)
     truth = pd.read_csv(manifest.parent / "ground_truth.csv", dtype={"subject_id": str})
-    base = features[table.loc[features.index, "timepoint"] == 0]
-    base_table = table.loc[base.index]
-    idh_true = truth[truth["timepoint"] == 0].set_index("subject_id").loc[base_table["subject_id"], "idh"].to_numpy()
+    base_table = table[table["timepoint"] == 0]
+    base = features.loc[base_table.index]
+    idh_true = truth[truth["timepoint"] == 0].set_index("subject_id").loc[base_table["patient_id"], "idh"].to_numpy()
     rows = []
     for column, within in (("idh", None), ("mgmt", None), ("codeletion", None), ("codeletion", 1), ("mgmt", 0)):
         known = base_table[column].notna().to_numpy()
@@ -98,12 +99,11 @@ def measure(manifest: Path, cache: Path, n_jobs: int = 1) -> pd.DataFrame:
         group = "all" if within is None else f"IDH-{'mutant' if within else 'wildtype'} only"
         rows.append(dict(endpoint=column, subjects=group, n=len(y), positives=int(y.sum()), auc=mean, sd=sd))
     if "response" in table and (table["timepoint"] == 1).any():
-        scans = features.join(table[["subject_id", "timepoint"]])
-        per_tp = {t: scans[scans["timepoint"] == t].set_index("subject_id").drop(columns="timepoint")
-                  for t in (0, 1)}
+        per_tp = {t: features.loc[table.index[table["timepoint"] == t]].set_axis(
+            table.loc[table["timepoint"] == t, "patient_id"]) for t in (0, 1)}
         ids = per_tp[0].index.intersection(per_tp[1].index)
         x0, x1 = per_tp[0].loc[ids], per_tp[1].loc[ids]
-        y = table.groupby("subject_id")["response"].first().loc[ids].to_numpy().astype(int)
+        y = table.groupby("patient_id")["response"].first().loc[ids].to_numpy().astype(int)
         numeric = [c for c in x0.columns if not c.endswith("_empty")]
         delta = x1[numeric] - x0[numeric]
         for name, X in (("baseline", x0), ("follow-up", x1),

@@ -60,7 +60,7 @@ def main() -> None:
     p.add_argument("--no-mirroring", action="store_true", help="skip nnU-Net's test-time mirroring (8x faster)")
     p.add_argument("--label-convention", default="brats2021")
     p.add_argument("--feature-classes", nargs="+", default=None,
-                   help="PyRadiomics feature classes (default: all seven: shape firstorder glcm glrlm glszm gldm ngtdm)")
+                   help="PyRadiomics feature classes (default: all seven)")
     p.add_argument("--cache", type=Path, default=Path("cache/features"))
     p.add_argument("--n-jobs", type=int, default=1)
     p.add_argument("--quiet", action="store_true")

@@ -125,8 +125,8 @@ def test_segment_fills_missing_masks_with_provenance(tiny_cohort, toy_model, tmp
 
 def test_masks_are_nnunets_prediction_converted(tiny_cohort, toy_model):
     """Independent reference: nnU-Net's predictor on the same subject, labels mapped by hand (3 -> 4)."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     subject = read_manifest(tiny_cohort).subjects[15]
     mask, seconds = NNUNetSegmenter(toy_model, device="cpu", use_mirroring=False).predict(subject, "brats2021")
@@ -221,7 +221,9 @@ def test_quality_report_on_resegmented_subjects(tiny_cohort, toy_model, tmp_path
     run = segment_cohort(part, segmenter, tmp_path / "auto.csv", tmp_path / "auto_seg", table=table,
                          table_dir=tiny_cohort.parent, only_missing=False, progress=False)
     auto = pd.read_csv(run.manifest, dtype=str, keep_default_na=False)
-    assert list(auto.seg_reference) == list(table.seg) != list(auto.seg)  # given masks kept as the reference
+    # the given masks are kept as the reference (paths now relative to the new manifest's folder)
+    assert [(tmp_path / p).resolve() for p in auto.seg_reference] == [s.seg for s in part.subjects]
+    assert all(p.startswith("auto_seg/") for p in auto.seg)
     settings = FeatureSettings(params={"featureClass": {"shape": None, "firstorder": None}})
     summary = quality_study(run.manifest, tmp_path / "report", settings, tmp_path / "cache", progress=False)
     for name in ("dice.csv", "feature_change.csv", "feature_families.csv", "segmentation_quality.png"):

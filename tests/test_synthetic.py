@@ -264,6 +264,15 @@ def test_longitudinal_layout(longitudinal):
     with open(longitudinal) as f:
         assert ",1.0" not in f.read()  # labels written as integers
 
+    from radfusion.data.cohort import read_manifest, validate_subject
+
+    cohort = read_manifest(longitudinal)  # the project's reader: one scan per row, subject kept
+    assert len(cohort) == 2 * LONG["n_subjects"]
+    assert cohort.ids[:2] == ["SYN_000_tp0", "SYN_000_tp1"]
+    assert (cohort.clinical["patient_id"] == cohort.clinical["subject_id"].str[:-4]).all()
+    for scan in cohort.subjects[:2]:
+        validate_subject(scan)
+
 
 def test_longitudinal_is_deterministic_and_keeps_the_baseline(longitudinal, tmp_path):
     again = generate_cohort(tmp_path / "again", n_timepoints=2, **{**LONG, "n_subjects": 4})

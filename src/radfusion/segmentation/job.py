@@ -232,7 +232,9 @@ def run_segmentation(cfg) -> SegmentationRun:
     from omegaconf import OmegaConf
 
     t0 = time.perf_counter()
-    c = OmegaConf.to_container(cfg, resolve=True)
+    # paths.* may hold ${hydra:...} interpolations that only resolve inside a Hydra run: skip them.
+    c = {k: (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v)
+         for k, v in cfg.items() if k not in ("paths", "hydra")}
     if c.get("threads"):
         import torch
 

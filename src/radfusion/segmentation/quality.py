@@ -22,7 +22,6 @@ import pandas as pd
 import SimpleITK as sitk
 
 from radfusion.data.habitats import HABITATS, habitat_mask
-from radfusion.radiomics.delta import relative_change
 from radfusion.radiomics.stability import icc_anova
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,9 @@ def feature_change(ref: pd.DataFrame, auto: pd.DataFrame, eps: float = 1e-6) -> 
         a = auto.loc[common, col].to_numpy(np.float64)
         ok = np.isfinite(r) & np.isfinite(a)
         r, a = r[ok], a[ok]
-        change = float(np.median(np.abs(relative_change(r, a, "baseline", eps, None)))) if len(r) else np.nan
+        # the reference-mask value is the baseline (same formula as radfusion.radiomics.delta.relative_change,
+        # not imported: that module pulls in the Lightning datamodule)
+        change = float(np.median(np.abs(a - r) / np.maximum(np.abs(r), eps))) if len(r) else np.nan
         icc = np.nan
         if len(r) >= 3 and np.ptp(np.concatenate([r, a])) > 0:
             icc = icc_anova(np.column_stack([r, a]))["ICC2"]
