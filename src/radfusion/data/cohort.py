@@ -36,8 +36,11 @@ CLINICAL_COLUMNS: tuple[str, ...] = (
 
 #: Binary marker columns and the spellings that mean 1 / 0. Anything else non-empty is an error.
 MARKERS: tuple[str, ...] = ("idh", "mgmt", "codeletion")
-_POSITIVE = {"1", "1.0", "true", "yes", "mutant", "mut", "methylated", "codeleted", "positive"}
-_NEGATIVE = {"0", "0.0", "false", "no", "wildtype", "wt", "unmethylated", "intact", "negative"}
+_POSITIVE = {"1", "1.0", "true", "yes", "mutant", "mut", "methylated", "codeleted", "positive", "responder"}
+_NEGATIVE = {"0", "0.0", "false", "no", "wildtype", "wt", "unmethylated", "intact", "negative",
+             "non-responder", "nonresponder"}
+#: Optional binary labels parsed like the markers when a cohort has them (e.g. treatment response).
+OPTIONAL_BINARY: tuple[str, ...] = ("response",)
 _UNKNOWN = {"", "nan", "na", "n/a", "unknown", "indeterminate", "none"}
 
 
@@ -126,6 +129,9 @@ def _clinical_frame(rows: pd.DataFrame, source: str) -> pd.DataFrame:
             df[col] = [_parse_marker(v, col, sid) for v, sid in zip(df[col], df["subject_id"], strict=False)]
         else:
             df[col] = np.nan
+    for col in OPTIONAL_BINARY:
+        if col in df.columns:
+            df[col] = [_parse_marker(v, col, sid) for v, sid in zip(df[col], df["subject_id"], strict=False)]
     for col in ("age", "os_days", "os_event", "grade"):
         if col in df.columns:
             df[col] = pd.to_numeric(df[col], errors="coerce")
