@@ -148,7 +148,7 @@ def bench_frozen(name: str, epochs: int, threads: int) -> dict:
     with open_dict(cfg):
         cfg.paths.output_dir = str(out / "prepare")
     # 1. one-off embeddings (into a scratch cache so the measurement always computes them)
-    dm = instantiate(cfg.data, use_images=True, use_radiomics=True)
+    dm = instantiate(cfg.data, use_images=True, use_radiomics=True, reuse_in_process=False)  # trial 1 prepares
     dm.prepare_data()
     dm.setup("fit")
     pl.seed_everything(cfg.seed)
@@ -184,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on CPU)")
     parser.add_argument("--frozen", default="resnet10", help="encoders for the frozen-trial benchmark ('' = skip)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs of one frozen-mode trial")
+    parser.add_argument("--frozen-threads", type=int, default=1,
+                        help="torch threads of a frozen trial (a small MLP: more threads only add sync overhead)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in [e for e in args.encoders.split(",") if e]:
         rows.append(bench_encoder(name, roi_paths, cohort, args.size, args.batch, args.steps, device, args.amp))
         print(rows[-1], file=sys.stderr)
-    frozen = [bench_frozen(name, args.epochs, args.threads) for name in args.frozen.split(",") if name]
+    frozen = [bench_frozen(name, args.epochs, args.frozen_threads) for name in args.frozen.split(",") if name]
 
     title = f"4x{args.size}^3, batch {args.batch}, {args.device}{' AMP' if args.amp else ''}, {args.threads} threads"
     print(f"\n### Training step: data loading vs compute ({title}; median of {args.steps} steps)\n")
@@ -227,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nReading the batch's ROI tensors from the cache: {ratio:.0f}x less CPU than building them from "
               "NIfTI (median over encoders); the rest of 'data' is augmentation")
     if frozen:
-        print(f"\n### Frozen-encoder mode (default cohort, {args.epochs} epochs per trial)\n")
+        print(f"\n### Frozen-encoder mode (default cohort, {args.epochs} epochs per trial, "
+              f"{args.frozen_threads} thread(s))\n")
         print("| encoder | embedding ms/subject (once) | first trial wall s (fresh process) | next trial: data s | "
               "next trial: fit+test+predict s | next trial wall s | val AUC best |")
         print("|---|---|---|---|---|---|---|")

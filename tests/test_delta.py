@@ -115,12 +115,14 @@ def test_response_delta_hybrid_runs_at_patient_level(long_cohort, tmp_path):
         "data.synthetic.n_subjects=16", "data.synthetic.shape=[40,40,40]", "data.synthetic.seed=3",
         "data.synthetic.n_sites=2", "data.split.val_fraction=0.25", "data.split.test_fraction=0.25",
         "data.roi.size=16", "data.roi.min_extent_mm=12", "data.batch_size=4", "data.n_jobs=1", "data.progress=false",
-        "features.params.featureClass={shape: null, firstorder: null}", "model.encoder.block_inplanes=[4,8,8,16]",
+        "model.encoder.block_inplanes=[4,8,8,16]",
         f"paths.cache_dir={tmp_path / 'cache'}", f"paths.data_dir={tmp_path / 'data'}",
         f"paths.log_dir={tmp_path / 'runs'}", "trainer.max_epochs=2", "+trainer.enable_progress_bar=false",
         "n_bootstrap=50"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
+        # assigned, not overridden: a Hydra override of a dict merges into the seven default classes
+        cfg.features.params.featureClass = {"shape": None, "firstorder": None}
     metrics, objects = train(cfg)
     dm = objects["datamodule"]
     manifest = pd.read_csv(long_cohort)

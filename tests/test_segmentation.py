@@ -3,6 +3,7 @@ on a tiny nnU-Net model trained here for a few seconds; label conversion, errors
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -211,7 +212,7 @@ def test_dice_and_feature_change_against_references():
 
 @pytest.mark.slow
 def test_quality_report_on_resegmented_subjects(tiny_cohort, toy_model, tmp_path):
-    from radfusion.radiomics.settings import FeatureSettings
+    from radfusion.radiomics.settings import DEFAULT_PYRADIOMICS_PARAMS, FeatureSettings
     from radfusion.segmentation.job import segment_cohort
 
     cohort = read_manifest(tiny_cohort)
@@ -224,7 +225,9 @@ def test_quality_report_on_resegmented_subjects(tiny_cohort, toy_model, tmp_path
     # the given masks are kept as the reference (paths now relative to the new manifest's folder)
     assert [(tmp_path / p).resolve() for p in auto.seg_reference] == [s.seg for s in part.subjects]
     assert all(p.startswith("auto_seg/") for p in auto.seg)
-    settings = FeatureSettings(params={"featureClass": {"shape": None, "firstorder": None}})
+    params = copy.deepcopy(DEFAULT_PYRADIOMICS_PARAMS)
+    params["featureClass"] = {"shape": None, "firstorder": None}
+    settings = FeatureSettings(params=params)
     summary = quality_study(run.manifest, tmp_path / "report", settings, tmp_path / "cache", progress=False)
     for name in ("dice.csv", "feature_change.csv", "feature_families.csv", "segmentation_quality.png"):
         assert (tmp_path / "report" / name).is_file()

@@ -156,8 +156,9 @@ def segment_cohort(cohort: Cohort, segmenter: NNUNetSegmenter, output_manifest: 
                     sidecar.write_text(json.dumps({"key": key, "seconds": seconds, "provenance": prov}, indent=1))
                     run.status[sid] = "predicted"
             except (CohortError, SegmentationError, OSError) as err:
-                run.failures[sid], run.status[sid] = str(err), "failed"
-                log.error("segmentation: subject %s failed: %s", sid, err)
+                msg = str(err) if str(err).startswith(f"subject {sid}") else f"subject {sid}: {err}"
+                run.failures[sid], run.status[sid] = msg, "failed"
+                log.error("segmentation: %s", msg)
                 continue
             except Exception as err:  # noqa: BLE001 - one bad subject must not end the cohort
                 msg = f"subject {sid}: nnU-Net prediction failed ({type(err).__name__}: {err}); inputs " \

@@ -158,6 +158,9 @@ class NNUNetSegmenter:
                                         f"{first}); is it an nnU-Net v2 results folder whose checkpoint matches "
                                         "its plans.json and dataset.json?") from None
         log.debug("nnU-Net: %s", buf.getvalue().strip())
+        if predictor.configuration_manager.previous_stage_name is not None:
+            raise SegmentationError(f"model {self.folder}: configuration {self._info['configuration']!r} is a cascade "
+                                    "stage (needs the previous stage's masks); use a 3d_fullres model")
         self._predictor = predictor
         return predictor
 

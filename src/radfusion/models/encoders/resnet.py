@@ -41,10 +41,10 @@ class ResNetEncoder(StageEncoder):
         conv1_t_size: int = 3,
         conv1_t_stride: int = 1,
         no_max_pool: bool = True,
+        pretrained_path: str | None = None,
         combine: str = "concat",
         proj_dim: int = 64,
         frozen: bool = False,
-        pretrained_path: str | None = None,
     ) -> None:
         super().__init__()
         if depth not in _RESNET_LAYERS:
