@@ -55,7 +55,8 @@ def test_train_cli_multirun_all_three_modes(tiny_cohort, tmp_path):
         f"data.cohort.path={cohort_dir}", "data.synthetic.n_subjects=20", "data.synthetic.shape=[40,40,40]",
         "data.synthetic.seed=4", "data.synthetic.n_sites=2", "data.split.val_fraction=0.25",
         "data.split.test_fraction=0.25", "data.roi.size=16", "data.roi.min_extent_mm=12", "data.n_jobs=1",
-        "data.progress=false", "~features.params.featureClass", "+features.params.featureClass={shape: null, firstorder: null}",
+        "data.progress=false", "~features.params.featureClass",
+        "+features.params.featureClass={shape: null, firstorder: null}",
         f"paths.root_dir={tmp_path}", "logger=csv", "trainer.max_epochs=1", "n_bootstrap=50",
     ]
     cmd = [sys.executable, str(ROOT / "train.py"), "-m",
