@@ -292,3 +292,15 @@ def test_augmentation_moves_masks_with_images_and_leaves_their_values():
     assert out.shape == roi.shape and out.dtype == torch.float32
     assert set(out[4:].unique().tolist()) <= {0.0, 1.0}  # nearest-neighbour, no intensity change on masks
     assert not torch.allclose(out[:4], image)
+
+
+def test_nnunet_experiment_config_instantiates(tmp_path):
+    from hydra.utils import instantiate
+
+    from conftest import compose_train_cfg
+
+    _, ckpt = _write_nnunet_model(tmp_path / "model", residual=False, plans_in_checkpoint=True)
+    cfg = compose_train_cfg(["experiment=idh_hybrid_nnunet", f"model.encoder.checkpoint={ckpt}"])
+    assert cfg.data.roi.extent == "fixed"
+    enc = instantiate(cfg.model.encoder)
+    assert isinstance(enc, NNUNetEncoder) and enc.frozen and enc.stages == (2, 3, 4)
