@@ -13,7 +13,7 @@ os.environ.setdefault("RADFUSION_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from radfusion.evaluation.compare import evaluate  # noqa: E402
+from radfusion.evaluation.run import evaluate  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval.yaml")

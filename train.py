@@ -1,7 +1,7 @@
 """Train one radfusion model: ``python train.py experiment=idh_hybrid``.
 
 Thin entry point (lightning-hydra-template style): the work lives in
-``radfusion.training.pipeline.train``. ``main`` returns the value of ``optimized_metric`` so
+``radfusion.training.run.train``. ``main`` returns the value of ``optimized_metric`` so
 that Hydra sweepers (Optuna) can maximise it.
 """
 
@@ -14,7 +14,7 @@ os.environ.setdefault("WANDB_MODE", "offline")  # no account, no network needed
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from radfusion.training.pipeline import optimized_value, run_task, train  # noqa: E402
+from radfusion.training.run import optimized_value, run_task, train  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train.yaml")

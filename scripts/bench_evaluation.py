@@ -3,7 +3,7 @@
     python scripts/bench_evaluation.py            # a table: seconds, report size, seconds per run
     python scripts/bench_evaluation.py --quick    # smaller grid
 
-Fake runs come from ``radfusion.evaluation.synthetic_runs`` (markers + survival, 3 modes × seeds);
+Fake runs come from ``radfusion.synthetic.runs`` (markers + survival, 3 modes × seeds);
 nothing is trained. Speed targets live here, never in the timed tests.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from radfusion.evaluation.compare import evaluate
-from radfusion.evaluation.synthetic_runs import write_sweep
+from radfusion.evaluation.run import evaluate
+from radfusion.synthetic.runs import write_sweep
 
 
 def one(n_subjects: int, seeds: int, n_folds: int, n_boot: int, root: Path) -> dict:

@@ -36,7 +36,7 @@ IMAGE_TYPES = {
 
 
 def _settings(args: argparse.Namespace):
-    from radfusion.data.habitats import ALL_HABITATS, HABITATS
+    from radfusion.cohort.habitats import ALL_HABITATS, HABITATS
     from radfusion.radiomics.settings import FeatureSettings
 
     settings = FeatureSettings(habitats=list(ALL_HABITATS if args.features == "full" else HABITATS),
@@ -58,8 +58,8 @@ def run_naive(args: argparse.Namespace, manifest: str, ids: list[str]) -> dict:
     import SimpleITK as sitk
     from radiomics.featureextractor import RadiomicsFeatureExtractor
 
-    from radfusion.data.cohort import load_cohort
-    from radfusion.data.habitats import habitat_masks
+    from radfusion.cohort.habitats import habitat_masks
+    from radfusion.cohort.readers import load_cohort
     from radfusion.radiomics.pyrad import quiet_pyradiomics
 
     settings = _settings(args)
@@ -96,7 +96,8 @@ def run_naive(args: argparse.Namespace, manifest: str, ids: list[str]) -> dict:
 def run_engine(args: argparse.Namespace, manifest: str, ids: list[str], cache: str, n_jobs: int) -> dict:
     import pandas as pd
 
-    from radfusion.data.cohort import Cohort, load_cohort
+    from radfusion.cohort.readers import load_cohort
+    from radfusion.cohort.subject import Cohort
     from radfusion.radiomics.extract import extract_cohort
 
     full = load_cohort("manifest", manifest)
@@ -191,8 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         _child(args)
         return
 
-    from radfusion.data.cohort import load_cohort
-    from radfusion.data.synthetic import generate_cohort
+    from radfusion.cohort.readers import load_cohort
+    from radfusion.synthetic.generator import generate_cohort
 
     data = Path(args.data_dir)
     work = Path(tempfile.mkdtemp(prefix="cache_", dir=data if data.exists() else None))

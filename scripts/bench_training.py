@@ -61,7 +61,7 @@ def bench_encoder(name: str, roi_paths: list[Path], cohort, size: int, batch: in
     from torch.utils.data import DataLoader
 
     from radfusion.data.datamodule import SubjectDataset
-    from radfusion.data.roi import ROIAugment, ROISettings, build_roi
+    from radfusion.imaging.roi import ROIAugment, ROISettings, build_roi
     from radfusion.models.fusion import FusionNet
     from radfusion.models.lit_module import masked_bce
 
@@ -136,8 +136,8 @@ def bench_frozen(name: str, epochs: int, threads: int) -> dict:
     """Embedding time per subject, head-only fit time and a whole train() trial, default cohort."""
     import pytorch_lightning as pl
 
-    from radfusion.models.embeddings import compute_embeddings
-    from radfusion.training.pipeline import train
+    from radfusion.training.frozen import compute_embeddings
+    from radfusion.training.run import train
 
     out = Path(tempfile.mkdtemp(prefix="bench_frozen_"))
     overrides = ["experiment=idh_hybrid", f"model/encoder={name}", "model.encoder.frozen=true", "logger=csv",
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    from radfusion.data.roi import ROISettings, build_roi_cache
+    from radfusion.imaging.roi import ROISettings, build_roi_cache
 
     cfg = _compose(["experiment=idh_deep"])
     dm = instantiate(cfg.data, use_images=False, use_radiomics=False, progress=False)

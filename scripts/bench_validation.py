@@ -23,9 +23,9 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from radfusion.data.cohort import load_cohort
+from radfusion.cohort.readers import load_cohort
 from radfusion.data.splits import make_folds, select_fold
-from radfusion.radiomics.processing import make_feature_processor
+from radfusion.features.processor import make_feature_processor
 
 ROOT = Path(__file__).resolve().parents[1]
 

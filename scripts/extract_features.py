@@ -2,7 +2,7 @@
 
     python scripts/extract_features.py cohort.source=brats2021 cohort.path=/data/BraTS2021 features=full
 
-Thin wrapper: the work lives in :func:`radfusion.radiomics.job.run_extraction`; the configuration is
+Thin wrapper: the work lives in :func:`radfusion.radiomics.run.run_extraction`; the configuration is
 ``configs/extract.yaml`` (see ``docs/radiomics.md``).
 """
 
@@ -14,7 +14,7 @@ os.environ.setdefault("RADFUSION_ROOT", str(Path(__file__).resolve().parents[1])
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from radfusion.radiomics.job import run_extraction  # noqa: E402
+from radfusion.radiomics.run import run_extraction  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="extract.yaml")

@@ -10,7 +10,7 @@ and the model fitted inside each training fold; 5-fold stratified CV repeated 5 
 and codeletion, and, with two timepoints, for response from the baseline features, the follow-up
 features and their difference. This is how the default ``effect_scale`` was calibrated (docs/synthetic.md).
 
-The cohort exercises the machinery; it proves nothing clinical. See radfusion.data.synthetic for
+The cohort exercises the machinery; it proves nothing clinical. See radfusion.synthetic.generator for
 the planted effects and ground_truth.csv / params.json beside the images for their values.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from radfusion.data.synthetic import generate_cohort
+from radfusion.synthetic.generator import generate_cohort
 
 
 def _count(series: pd.Series) -> str:
@@ -65,7 +65,7 @@ def _scan_features(manifest: Path, cache: Path, n_jobs: int) -> tuple[pd.DataFra
     The cohort reader names the scans of a longitudinal manifest ``<subject_id>_tp<k>`` and keeps the
     subject in ``patient_id``; a cross-sectional manifest keeps its ids.
     """
-    from radfusion.data.cohort import read_manifest
+    from radfusion.cohort.readers import read_manifest
     from radfusion.radiomics.extract import extract_cohort
     from radfusion.radiomics.settings import FeatureSettings
 

@@ -2,7 +2,7 @@
 
     python scripts/segment.py cohort.path=/data/cohort/manifest.csv model.folder=/models/<trainer>__<plans>__3d_fullres
 
-Thin wrapper: the work lives in :func:`radfusion.segmentation.job.run_segmentation`; the configuration
+Thin wrapper: the work lives in :func:`radfusion.segmentation.run.run_segmentation`; the configuration
 is ``configs/segment.yaml`` (see ``docs/segmentation.md``).
 """
 
@@ -14,7 +14,7 @@ os.environ.setdefault("RADFUSION_ROOT", str(Path(__file__).resolve().parents[1])
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from radfusion.segmentation.job import run_segmentation  # noqa: E402
+from radfusion.segmentation.run import run_segmentation  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="segment.yaml")

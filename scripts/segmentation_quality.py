@@ -23,11 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from radfusion.data.cohort import Cohort, read_manifest
+from radfusion.cohort.readers import read_manifest
+from radfusion.cohort.subject import Cohort
 from radfusion.radiomics.settings import FeatureSettings
-from radfusion.segmentation.job import segment_cohort, summarise
 from radfusion.segmentation.nnunet import NNUNetSegmenter
 from radfusion.segmentation.quality import quality_study
+from radfusion.segmentation.run import segment_cohort, summarise
 
 
 def _segment_all(manifest: Path, model: Path, out: Path, args, start: int = 0) -> Path:
@@ -71,8 +72,8 @@ def main() -> None:
 
     manifest = args.manifest
     if args.synthetic:
-        from radfusion.data.synthetic import generate_cohort
-        from radfusion.segmentation.toy_model import train_toy_model
+        from radfusion.synthetic.generator import generate_cohort
+        from radfusion.synthetic.toy_nnunet import train_toy_model
 
         manifest = generate_cohort(args.out / "cohort", n_subjects=args.synthetic, shape=(args.shape,) * 3,
                                    seed=11, n_sites=2, progress=not args.quiet)

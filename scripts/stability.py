@@ -13,7 +13,7 @@ writes to ``--out``:
 - ``failures.csv``: subjects left out and why.
 
 Use the table in training with ``features.min_icc=0.75 features.icc_table=<out>/icc.csv`` (the
-keys of :func:`radfusion.radiomics.processing.make_feature_processor`).
+keys of :func:`radfusion.features.processor.make_feature_processor`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from radfusion.data.cohort import load_cohort
+from radfusion.cohort.readers import load_cohort
 from radfusion.radiomics.settings import FeatureSettings
 from radfusion.radiomics.stability import PERTURBATIONS, stability_study
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.synthetic:
-        from radfusion.data.synthetic import generate_cohort
+        from radfusion.synthetic.generator import generate_cohort
 
         manifest = generate_cohort(out / "cohort", n_subjects=args.synthetic, shape=tuple(args.synthetic_shape),
                                    seed=args.seed, progress=not args.quiet)

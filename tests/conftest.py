@@ -22,7 +22,7 @@ TINY = {"n_subjects": 20, "shape": (40, 40, 40), "seed": 4, "n_sites": 2}
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory) -> Path:
     """Manifest path of a 20-subject, 40³ synthetic cohort."""
-    from radfusion.data.synthetic import generate_cohort
+    from radfusion.synthetic.generator import generate_cohort
 
     out = tmp_path_factory.mktemp("tiny_cohort")
     return generate_cohort(out, progress=False, **TINY)

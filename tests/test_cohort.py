@@ -9,14 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radfusion.data.cohort import (
-    SEQUENCES,
-    CohortError,
-    read_brats2021,
-    read_manifest,
-    validate_cohort,
-)
-from radfusion.data.habitats import habitat_masks
+from radfusion.cohort.habitats import habitat_masks
+from radfusion.cohort.readers import read_brats2021, read_manifest
+from radfusion.cohort.subject import SEQUENCES, CohortError
+from radfusion.cohort.validate import validate_cohort
 
 
 def write_case(root: Path, sid: str, seg_labels=(1, 2, 4), spacing=(1.0, 1.0, 1.0), shape=(16, 16, 16)) -> Path:

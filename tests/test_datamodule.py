@@ -7,7 +7,7 @@ import pytest
 from hydra.utils import instantiate
 
 import radfusion.data.datamodule as dmmod
-from radfusion.data.cohort import CohortError
+from radfusion.cohort.subject import CohortError
 from radfusion.data.splits import load_or_make_splits, make_splits
 
 

@@ -99,7 +99,7 @@ def test_both_timepoints_stack_roi_channels(tmp_path):
 
 @pytest.fixture(scope="module")
 def long_cohort(tmp_path_factory) -> Path:
-    from radfusion.data.synthetic import generate_cohort
+    from radfusion.synthetic.generator import generate_cohort
 
     return generate_cohort(tmp_path_factory.mktemp("long"), n_subjects=16, shape=(40, 40, 40), seed=3, n_sites=2,
                            n_timepoints=2, progress=False)
@@ -108,7 +108,7 @@ def long_cohort(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_response_delta_hybrid_runs_at_patient_level(long_cohort, tmp_path):
     from conftest import compose_train_cfg
-    from radfusion.training.pipeline import train
+    from radfusion.training.run import train
 
     cfg = compose_train_cfg([
         "experiment=response_delta_hybrid", "logger=csv", f"data.cohort.path={long_cohort.parent}",

@@ -245,8 +245,8 @@ def test_nnunet_errors_name_the_problem(tmp_path):
 # --------------------------------------------------------------------------- ROI input
 @pytest.fixture(scope="module")
 def one_subject(tmp_path_factory):
-    from radfusion.data.cohort import load_cohort
-    from radfusion.data.synthetic import generate_cohort
+    from radfusion.cohort.readers import load_cohort
+    from radfusion.synthetic.generator import generate_cohort
 
     path = generate_cohort(tmp_path_factory.mktemp("roi_cohort"), n_subjects=2, shape=(40, 40, 40), seed=3,
                            n_sites=1, progress=False)
@@ -256,8 +256,8 @@ def one_subject(tmp_path_factory):
 def test_roi_habitat_channels_and_fixed_extent(one_subject):
     import SimpleITK as sitk
 
-    from radfusion.data.habitats import habitat_mask
-    from radfusion.data.roi import ROISettings, build_roi
+    from radfusion.cohort.habitats import habitat_mask
+    from radfusion.imaging.roi import ROISettings, build_roi
 
     subject = one_subject.subjects[0]
     settings = ROISettings(size=24, habitats=("ET", "ED"), extent="fixed")
@@ -278,7 +278,7 @@ def test_roi_habitat_channels_and_fixed_extent(one_subject):
 
 
 def test_augmentation_moves_masks_with_images_and_leaves_their_values():
-    from radfusion.data.roi import ROIAugment
+    from radfusion.imaging.roi import ROIAugment
 
     torch.manual_seed(5)
     image = torch.randn(4, 20, 20, 20)

@@ -16,11 +16,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from sklearn.metrics import roc_auc_score
 
-from radfusion.evaluation.compare import evaluate
 from radfusion.evaluation.delong import delong_test
 from radfusion.evaluation.report import markdown_to_html
-from radfusion.evaluation.runs import RunError, check_predictions, find_runs, load_run
-from radfusion.evaluation.synthetic_runs import cohort, write_run, write_sweep
+from radfusion.evaluation.run import evaluate
+from radfusion.evaluation.run_folders import RunError, check_predictions, find_runs, load_run
+from radfusion.synthetic.runs import cohort, write_run, write_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

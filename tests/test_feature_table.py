@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from radfusion.data.cohort import CohortError
-from radfusion.data.feature_table import load_feature_table
+from radfusion.cohort.feature_table import load_feature_table
+from radfusion.cohort.subject import CohortError
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_custom_unknown_values(tmp_path):
 def test_feature_table_feeds_the_in_fold_pipeline_and_a_baseline(tmp_path):
     """End to end without images: table → in-fold processing (fitted on train) → L2 logistic baseline."""
     from radfusion.baselines import run_baseline
-    from radfusion.radiomics.processing import feature_matrix, make_feature_pipeline
+    from radfusion.features.processor import feature_matrix, make_feature_pipeline
 
     rng = np.random.default_rng(0)
     n = 80

@@ -8,7 +8,7 @@ import pytest
 from omegaconf import open_dict
 from tests.conftest import compose_train_cfg
 
-from radfusion.training.pipeline import train
+from radfusion.training.run import train
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 
-from radfusion.models.embeddings import EmbeddingError, compute_embeddings, embedding_dir
 from radfusion.models.encoders import ResNetEncoder
 from radfusion.models.fusion import FusionNet, GatedFusion, modality_dropout_masks
+from radfusion.training.frozen import EmbeddingError, compute_embeddings, embedding_dir
 
 
 def _encoder(**kw) -> ResNetEncoder:
@@ -135,7 +135,7 @@ def test_embedding_failure_names_subject_and_keeps_finished_work(tmp_path):
 
 @pytest.mark.slow
 def test_train_frozen_hybrid_trains_only_the_head_from_cached_embeddings(cfg_factory):
-    from radfusion.training.pipeline import train
+    from radfusion.training.run import train
 
     cfg = cfg_factory("idh_hybrid", ["model.encoder.frozen=true", "model.fusion.kind=attention",
                                      "model.fusion.modality_dropout=0.25", "model.encoder.combine=project",

@@ -13,8 +13,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
-from radfusion.radiomics.harmonize import ComBat
-from radfusion.radiomics.processing import FeatureProcessor
+from radfusion.features.harmonize import ComBat
+from radfusion.features.processor import FeatureProcessor
 
 SHIFT = {"A": 0.0, "B": 1.5, "C": -1.0}
 SCALE = {"A": 1.0, "B": 2.0, "C": 0.5}
@@ -195,10 +195,10 @@ def test_combat_reduces_site_separability_and_keeps_biology_gaussian():
 
 def test_combat_on_synthetic_cohort_features(tmp_path):
     """40 synthetic subjects at 3 sites, first-order habitat features (~10 s of extraction)."""
-    from radfusion.data.cohort import load_cohort
-    from radfusion.data.synthetic import generate_cohort
+    from radfusion.cohort.readers import load_cohort
     from radfusion.radiomics.extract import extract_cohort
     from radfusion.radiomics.settings import FeatureSettings
+    from radfusion.synthetic.generator import generate_cohort
 
     manifest = generate_cohort(tmp_path / "cohort", n_subjects=40, shape=(48, 48, 48), n_sites=3, progress=False)
     cohort = load_cohort("manifest", manifest)

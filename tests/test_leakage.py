@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from radfusion.evaluation.metrics import auc_with_ci
-from radfusion.radiomics.processing import FeatureProcessor
+from radfusion.features.processor import FeatureProcessor
 
 N_SUBJECTS, N_FEATURES = 90, 1000
 

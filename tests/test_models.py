@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from radfusion.models.encoder import ResNetEncoder
+from radfusion.models.encoders import ResNetEncoder
 from radfusion.models.fusion import FusionNet
 from radfusion.models.lit_module import masked_bce, safe_auc
 

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from radfusion.data.cohort import CohortError
+from radfusion.cohort.subject import CohortError
 from radfusion.data.datamodule import check_survival
 from radfusion.models.lit_module import RadFusionModule, harrell_c
-from radfusion.training.pipeline import train
+from radfusion.training.run import train
 
 
 def _surv(times, events):

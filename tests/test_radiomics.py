@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from radfusion.data.cohort import SEQUENCES, Cohort, Subject
-from radfusion.data.habitats import habitat_mask
-from radfusion.data.preprocess import load_preprocessed
+from radfusion.cohort.habitats import habitat_mask
+from radfusion.cohort.subject import SEQUENCES, Cohort, Subject
+from radfusion.imaging.preprocess import load_preprocessed
 from radfusion.radiomics import engine
 from radfusion.radiomics.extract import extract_cohort, extract_region, extract_subject
 from radfusion.radiomics.settings import FeatureSettings

@@ -46,7 +46,7 @@ def test_thin_and_tiny_habitats(tmp_path: Path) -> None:
     features, diag = extract_subject(subject, _settings())
     assert features["ET_empty"] == 0.0 and features["ET_voxels"] == 64
     image = sitk.ReadImage(str(subject.images["t1ce"]))
-    from radfusion.data.preprocess import zscore_in_brain
+    from radfusion.imaging.preprocess import zscore_in_brain
 
     mask = sitk.GetImageFromArray((seg == 4).astype(np.uint8))
     mask.CopyInformation(image)

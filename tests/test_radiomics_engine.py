@@ -11,8 +11,8 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
-from radfusion.data.habitats import ALL_HABITATS, RING, habitat_masks, peritumoral_ring
-from radfusion.data.preprocess import bounding_box, crop, load_preprocessed
+from radfusion.cohort.habitats import ALL_HABITATS, RING, habitat_masks, peritumoral_ring
+from radfusion.imaging.preprocess import bounding_box, crop, load_preprocessed
 from radfusion.radiomics.extract import extract_region, extract_subject, feature_columns
 from radfusion.radiomics.settings import FeatureSettings
 from test_radiomics import _rel, _write_subject

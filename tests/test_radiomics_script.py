@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from radfusion.data.cohort import SEQUENCES
+from radfusion.cohort.subject import SEQUENCES
 from test_radiomics import _write_subject
 
 ROOT = Path(__file__).resolve().parents[1]

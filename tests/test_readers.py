@@ -12,9 +12,16 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from radfusion.data.cohort import SEQUENCES, CohortError, load_cohort, read_brats2021, validate_cohort
-from radfusion.data.habitats import HABITATS, habitat_masks
-from radfusion.data.readers import convention_from_dataset_json, read_brats2023, read_nnunet_raw
+from radfusion.cohort.habitats import HABITATS, habitat_masks
+from radfusion.cohort.readers import (
+    convention_from_dataset_json,
+    load_cohort,
+    read_brats2021,
+    read_brats2023,
+    read_nnunet_raw,
+)
+from radfusion.cohort.subject import SEQUENCES, CohortError
+from radfusion.cohort.validate import validate_cohort
 from radfusion.radiomics.extract import extract_cohort
 from radfusion.radiomics.settings import FeatureSettings
 from test_radiomics import _write_subject

@@ -18,8 +18,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from sklearn.metrics import f1_score
 
-from radfusion.data.cohort import Cohort, read_manifest, validate_cohort
-from radfusion.segmentation.job import PROVENANCE_COLUMNS, run_segmentation, segment_manifest
+from radfusion.cohort.readers import read_manifest
+from radfusion.cohort.subject import Cohort
+from radfusion.cohort.validate import validate_cohort
 from radfusion.segmentation.labels import (
     SegmentationError,
     convert_labels,
@@ -29,7 +30,8 @@ from radfusion.segmentation.labels import (
 )
 from radfusion.segmentation.nnunet import NNUNetSegmenter
 from radfusion.segmentation.quality import dice, family_summary, feature_change, feature_family, quality_study
-from radfusion.segmentation.toy_model import build_network, tiny_plans, train_toy_model, write_model_folder
+from radfusion.segmentation.run import PROVENANCE_COLUMNS, run_segmentation, segment_manifest
+from radfusion.synthetic.toy_nnunet import build_network, tiny_plans, train_toy_model, write_model_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN = 12
@@ -213,7 +215,7 @@ def test_dice_and_feature_change_against_references():
 @pytest.mark.slow
 def test_quality_report_on_resegmented_subjects(tiny_cohort, toy_model, tmp_path):
     from radfusion.radiomics.settings import DEFAULT_PYRADIOMICS_PARAMS, FeatureSettings
-    from radfusion.segmentation.job import segment_cohort
+    from radfusion.segmentation.run import segment_cohort
 
     cohort = read_manifest(tiny_cohort)
     part = Cohort(cohort.subjects[13:16], cohort.clinical.iloc[13:16], cohort.label_convention, cohort.root)

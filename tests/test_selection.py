@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sksurv.util import Surv
 
-from radfusion.radiomics.processing import FeatureProcessor, make_feature_processor
-from radfusion.radiomics.selection import FeatureSelector, martingale_residuals, mrmr_order
+from radfusion.features.processor import FeatureProcessor, make_feature_processor
+from radfusion.features.selection import FeatureSelector, martingale_residuals, mrmr_order
 
 PLANTED = [3, 17, 42]
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from radfusion.radiomics.processing import FeatureProcessor
+from radfusion.features.processor import FeatureProcessor
 from radfusion.radiomics.stability import icc_anova, icc_table, perturb_labels, read_icc_table
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]

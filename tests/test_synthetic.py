@@ -16,8 +16,8 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from radfusion.data.synthetic import generate_cohort
-from radfusion.data.synthetic_biology import sample_subject
+from radfusion.synthetic.biology import sample_subject
+from radfusion.synthetic.generator import generate_cohort
 
 SMALL = dict(n_subjects=8, shape=(32, 32, 32), progress=False)
 KINDS = ("t1", "t1ce", "t2", "flair", "seg")
@@ -89,7 +89,8 @@ def test_layout_geometry_labels_and_dtypes(cohort):
 
 
 def test_manifest_reads_with_the_cohort_reader(cohort):
-    from radfusion.data.cohort import read_manifest, validate_cohort
+    from radfusion.cohort.readers import read_manifest
+    from radfusion.cohort.validate import validate_cohort
 
     validated = validate_cohort(read_manifest(cohort))
     assert len(validated) == SMALL["n_subjects"]
@@ -264,7 +265,8 @@ def test_longitudinal_layout(longitudinal):
     with open(longitudinal) as f:
         assert ",1.0" not in f.read()  # labels written as integers
 
-    from radfusion.data.cohort import read_manifest, validate_subject
+    from radfusion.cohort.readers import read_manifest
+    from radfusion.cohort.validate import validate_subject
 
     cohort = read_manifest(longitudinal)  # the project's reader: one scan per row, subject kept
     assert len(cohort) == 2 * LONG["n_subjects"]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from radfusion.training.pipeline import train
+from radfusion.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

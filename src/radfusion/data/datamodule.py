@@ -6,7 +6,7 @@ Batches are dictionaries::
      "image": (B, C, S, S, S) float (deep/hybrid), "radiomics": (B, F) float (handcrafted/hybrid)}
 
 With a frozen encoder (:meth:`RadFusionDataModule.use_frozen_encoder`) "image" is the subject's cached
-pooled embedding ``(B, raw_features)`` instead of the ROI volume (see :mod:`radfusion.models.embeddings`).
+pooled embedding ``(B, raw_features)`` instead of the ROI volume (see :mod:`radfusion.training.frozen`).
 
 ``labels[:, t]`` is 0 where unknown and ``label_mask[:, t]`` says which entries count.
 
@@ -28,12 +28,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from radfusion.data.cohort import Cohort, CohortError, load_cohort, validate_cohort
-from radfusion.data.roi import ROIAugment, ROISettings, build_roi_cache
+from radfusion.cohort.readers import load_cohort
+from radfusion.cohort.subject import Cohort, CohortError
+from radfusion.cohort.validate import validate_cohort
 from radfusion.data.samplers import EventBatchSampler
 from radfusion.data.splits import SPLITS, load_or_make_fold
+from radfusion.features.processor import make_feature_processor
+from radfusion.imaging.roi import ROIAugment, ROISettings, build_roi_cache
 from radfusion.radiomics.extract import extract_cohort
-from radfusion.radiomics.processing import make_feature_processor
 from radfusion.radiomics.settings import FeatureSettings
 
 log = logging.getLogger(__name__)
@@ -124,10 +126,10 @@ class RadFusionDataModule(pl.LightningDataModule):
         split: the validation protocol (see :func:`radfusion.data.splits.load_or_make_fold`):
             ``{strategy: holdout|kfold|site, n_folds, n_repeats, fold, repeat, val_fraction,
             test_fraction, seed, test_sites, n_inner, inner_fold}``.
-        processing: in-fold feature processing (see :class:`radfusion.radiomics.processing.FeatureProcessor`):
+        processing: in-fold feature processing (see :class:`radfusion.features.processor.FeatureProcessor`):
             ``{combat, combat_covariates, corr_threshold, selector, n_features, min_icc, icc_table, clip}``.
         use_images, use_radiomics: which inputs the model needs (set from the model's mode).
-        augmentation: keyword arguments of :class:`~radfusion.data.roi.ROIAugment` (training only).
+        augmentation: keyword arguments of :class:`~radfusion.imaging.roi.ROIAugment` (training only).
         reuse_in_process: reuse the validated cohort and cache paths prepared earlier in this
             process with the same settings and unchanged files (sweeps; off by default).
     """
@@ -193,7 +195,7 @@ class RadFusionDataModule(pl.LightningDataModule):
         c = self.cohort_cfg
         path = c["path"]
         if c["source"] == "synthetic":
-            from radfusion.data.synthetic import generate_cohort
+            from radfusion.synthetic.generator import generate_cohort
 
             syn = dict(self.synthetic_cfg or {})
             if "shape" in syn:
@@ -270,7 +272,7 @@ class RadFusionDataModule(pl.LightningDataModule):
 
     def _prepare_feature_table(self) -> None:
         """Precomputed features + clinical table: no image is read, so no CNN branch."""
-        from radfusion.data.feature_table import UNKNOWN_VALUES, load_feature_table
+        from radfusion.cohort.feature_table import UNKNOWN_VALUES, load_feature_table
 
         if self.use_images:
             raise CohortError("data=feature_table has no images: use a handcrafted or baseline model "
@@ -391,7 +393,7 @@ class RadFusionDataModule(pl.LightningDataModule):
     def use_frozen_encoder(self, encoder) -> None:
         """Serve cached pooled embeddings of a frozen ``encoder`` as "image" (no ROI loading, no
         augmentation). Called by the LightningModule's ``setup``; idempotent per encoder."""
-        from radfusion.models.embeddings import compute_embeddings
+        from radfusion.training.frozen import compute_embeddings
 
         if not self.use_images or getattr(self, "_frozen_encoder_key", None) == id(encoder):
             return

@@ -22,7 +22,7 @@ import pandas as pd
 
 from radfusion.evaluation.delong import bootstrap_p, delong_test, paired_bootstrap_delta
 from radfusion.evaluation.metrics import auc_with_ci, binary_metrics, calibration, holm, mean_sd, youden_threshold
-from radfusion.evaluation.runs import Run, RunError, consistent_values, group_frame, models_of, pool_marker
+from radfusion.evaluation.run_folders import Run, RunError, consistent_values, group_frame, models_of, pool_marker
 from radfusion.evaluation.survival import (
     bootstrap_counts,
     breslow_survival,

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from radfusion.evaluation.analysis import Settings
-from radfusion.evaluation.runs import Run, group_frame, site_summary
+from radfusion.evaluation.run_folders import Run, group_frame, site_summary
 
 NOT_STATED = "not stated"
 

@@ -13,7 +13,7 @@ import pandas as pd
 from radfusion.evaluation.analysis import Evaluation, Settings, order_groups
 from radfusion.evaluation.checklist import checklist, config_differences
 from radfusion.evaluation.plots import plot_calibration, plot_km, plot_roc, plot_td_auc
-from radfusion.evaluation.runs import Run, group_frame
+from radfusion.evaluation.run_folders import Run, group_frame
 
 SYNTHETIC_NOTE = ("**Synthetic-cohort results exercise the machinery; they are not a clinical claim.** "
                   "Only results on a real, external cohort say anything about patients.")

@@ -179,7 +179,7 @@ def to_patient_level(dm, baseline_timepoint: int = 0, followup_timepoint: int = 
     the ROI of the ``image`` scan: ``followup``, ``baseline`` or ``both`` (channels stacked: baseline
     then follow-up, so ``model.encoder.in_channels`` doubles). Excluded patients join ``dm.failures``.
     """
-    from radfusion.data.cohort import Cohort
+    from radfusion.cohort.subject import Cohort
 
     if image not in ("followup", "baseline", "both"):
         raise ValueError(f"data.longitudinal.image must be followup, baseline or both, got {image!r}")

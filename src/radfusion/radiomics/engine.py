@@ -2,7 +2,7 @@
 
 Per (subject, sequence) *item*:
 
-1. read and preprocess the sequence once (:func:`radfusion.data.preprocess.load_preprocessed`:
+1. read and preprocess the sequence once (:func:`radfusion.imaging.preprocess.load_preprocessed`:
    1 mm resampling, z-score in the brain); PyRadiomics' own ``normalize``, if on, is applied once
    to the whole sequence;
 2. crop once to the whole-tumour box plus ``crop_padding`` voxels (plus the ring width when the
@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from radfusion.data.cohort import CohortError, Subject
-from radfusion.data.habitats import RING, allowed_labels, habitat_masks
-from radfusion.data.preprocess import bounding_box, crop, load_preprocessed
+from radfusion.cohort.habitats import RING, allowed_labels, habitat_masks
+from radfusion.cohort.subject import CohortError, Subject
+from radfusion.imaging.preprocess import bounding_box, crop, load_preprocessed
 from radfusion.radiomics.pyrad import Plan, Unit, short_hash
 from radfusion.radiomics.settings import FEATURE_SCHEMA_VERSION, FeatureSettings
 

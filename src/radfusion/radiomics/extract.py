@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from radfusion.data.cohort import Cohort, CohortError, Subject
+from radfusion.cohort.subject import Cohort, CohortError, Subject
 from radfusion.radiomics import engine
 from radfusion.radiomics.backends import run_tasks
 from radfusion.radiomics.pyrad import (

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from radfusion.data.cohort import SEQUENCES
-from radfusion.data.habitats import ALL_HABITATS, HABITATS
+from radfusion.cohort.habitats import ALL_HABITATS, HABITATS
+from radfusion.cohort.subject import SEQUENCES
 
 #: Bump when the meaning of cached features changes (column naming, preprocessing, empty handling).
 FEATURE_SCHEMA_VERSION = 2
@@ -25,7 +25,7 @@ FEATURE_SCHEMA_VERSION = 2
 BACKENDS: tuple[str, ...] = ("loky", "dask")
 
 #: Default PyRadiomics parameters for MRI z-scored in the brain and multiplied by 100
-#: (see :func:`radfusion.data.preprocess.zscore_in_brain`).
+#: (see :func:`radfusion.imaging.preprocess.zscore_in_brain`).
 DEFAULT_PYRADIOMICS_PARAMS: dict[str, Any] = {
     "setting": {
         # Fixed bin width (PyRadiomics' recommendation over bin count): 25 grey levels = 0.25 SD.
@@ -68,7 +68,7 @@ class FeatureSettings:
         params: PyRadiomics parameter dict (``setting``/``imageType``/``featureClass``); ignored when
             ``params_file`` is given.
         params_file: path of a PyRadiomics YAML/JSON parameter file, used as-is.
-        habitats: habitat names (``ET, NCR, ED, TC, WT`` and ``RING``, see :mod:`radfusion.data.habitats`).
+        habitats: habitat names (``ET, NCR, ED, TC, WT`` and ``RING``, see :mod:`radfusion.cohort.habitats`).
         sequences: MRI sequences to extract from.
         spacing: isotropic resampling in mm before extraction (None = native grid).
         normalize: ``"zscore"`` (in-brain z-score × ``normalize_scale``) or ``"none"`` (then

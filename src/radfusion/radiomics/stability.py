@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
-from radfusion.data.habitats import convention_labels
+from radfusion.cohort.habitats import convention_labels
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Channels: nnU-Net feeds channel ``i`` from ``<case>_000i``; the model's ``dataset.json``
 ``channel_names`` (``{"0": "T1", "1": "T1ce", ...}``) says which sequence that is. Names are matched
-case-insensitively with the aliases of :mod:`radfusion.data.readers` (``t1n``, ``T1Gd``, ``t2f`` ...),
+case-insensitively with the aliases of :mod:`radfusion.cohort.readers` (``t1n``, ``T1Gd``, ``t2f`` ...),
 or given explicitly as ``{sequence: channel}``.
 
 Labels: a model writes its own label values. Label-based models (``{"background": 0, "NCR": 1, "ED":
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from radfusion.data.cohort import SEQUENCES, CohortError
-from radfusion.data.habitats import convention_labels
+from radfusion.cohort.habitats import convention_labels
 
 # The reader's alias tables are the project's single list of spellings; reuse rather than copy them.
-from radfusion.data.readers import _CHANNEL_ALIASES, _norm, convention_from_dataset_json
+from radfusion.cohort.readers import CHANNEL_ALIASES, convention_from_dataset_json, normalise_name
+from radfusion.cohort.subject import SEQUENCES, CohortError
 
 PARTS: tuple[str, ...] = ("NCR", "ED", "ET")
 
@@ -67,7 +67,7 @@ def model_channels(dataset_json: dict, source: str, channels: dict[str, int] | N
     order: list[str] = []
     for idx in range(n):
         name = names.get(str(idx), names.get(idx))
-        match = [s for s in sequences if name is not None and _norm(name) in _CHANNEL_ALIASES.get(s, set())]
+        match = [s for s in sequences if name is not None and normalise_name(name) in CHANNEL_ALIASES.get(s, set())]
         if not match:
             raise SegmentationError(
                 f"model {source}: input channel {idx} ({name!r}) matches none of the cohort's sequences "

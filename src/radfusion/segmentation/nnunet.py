@@ -24,7 +24,7 @@ import SimpleITK as sitk
 import torch
 
 from radfusion.cache import file_sha1
-from radfusion.data.cohort import Subject, read_image
+from radfusion.cohort.subject import Subject, read_image
 from radfusion.segmentation.labels import SegmentationError, convert_labels, model_channels, model_label_map
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from radfusion.data.habitats import HABITATS, habitat_mask
+from radfusion.cohort.habitats import HABITATS, habitat_mask
 from radfusion.radiomics.stability import icc_anova
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,8 @@ def reference_pairs(manifest: str | Path, label_convention: str | dict = "brats2
     only_missing=false`` (``seg`` automatic, ``seg_reference`` given): rows with both only."""
     import dataclasses
 
-    from radfusion.data.cohort import Cohort, read_manifest
+    from radfusion.cohort.readers import read_manifest
+    from radfusion.cohort.subject import Cohort
 
     manifest = Path(manifest)
     cohort = read_manifest(manifest, label_convention)

@@ -9,7 +9,7 @@ MONAI / nnU-Net network (``self.net``), returns the feature maps of the requeste
 
 Frozen mode (``frozen=True``): the backbone is fixed (no gradients, BatchNorm in eval mode) and only
 the projection trains. Its pooled output then depends only on the input, so it is computed once per
-subject and cached (:mod:`radfusion.models.embeddings`); :meth:`forward` accepts such a cached
+subject and cached (:mod:`radfusion.training.frozen`); :meth:`forward` accepts such a cached
 ``(B, raw_features)`` tensor in place of the image.
 """
 

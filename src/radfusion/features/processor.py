@@ -105,7 +105,7 @@ class FeatureProcessor(BaseEstimator, TransformerMixin):
     2. Impute (``median``/``mean`` of training rows; all-NaN columns dropped) and, with
        ``missing_indicators``, add one 0/1 column per distinct training missingness pattern
        (``missing:<first column with that pattern>``).
-    3. ``combat``: ComBat by site (:class:`radfusion.radiomics.harmonize.ComBat`), preserving the
+    3. ``combat``: ComBat by site (:class:`radfusion.features.harmonize.ComBat`), preserving the
        ``combat_covariates`` columns of ``covariates``; indicators are not harmonised. Sites with
        fewer than 2 training subjects and sites unseen in training get no site adjustment
        (``combat_unseen="identity"``) or one estimated from their own rows (``"estimate"``).
@@ -115,7 +115,7 @@ class FeatureProcessor(BaseEstimator, TransformerMixin):
        |Pearson r| > threshold with one already kept.
     6. ``scale``: z-score with training mean/SD.
     7. ``selector``: ``l1_logistic`` | ``lasso`` | ``coxnet`` | ``mrmr`` keeping ``n_features``
-       (:class:`radfusion.radiomics.selection.FeatureSelector`), fitted on labelled rows only.
+       (:class:`radfusion.features.selection.FeatureSelector`), fitted on labelled rows only.
     8. ``clip``: clip to ±clip (after scaling, so in SDs).
 
     Learned: ``feature_names_in_``, ``feature_names_out_``, ``summary_`` (features left after each
@@ -181,7 +181,7 @@ class FeatureProcessor(BaseEstimator, TransformerMixin):
         return np.hstack([filled, nan[:, self.indicator_sources_].astype(np.float64)])
 
     def _label_relevance(self, Z: np.ndarray, y) -> np.ndarray | None:
-        from radfusion.radiomics.selection import as_target, relevance
+        from radfusion.features.selection import as_target, relevance
 
         kind, values, known = as_target(y, len(Z))
         if kind == "none" or known.sum() < 3:
@@ -201,8 +201,8 @@ class FeatureProcessor(BaseEstimator, TransformerMixin):
         """
         from collections import Counter
 
-        from radfusion.radiomics.harmonize import ComBat
-        from radfusion.radiomics.selection import FeatureSelector
+        from radfusion.features.harmonize import ComBat
+        from radfusion.features.selection import FeatureSelector
 
         if self.impute not in ("median", "mean"):
             raise ValueError(f"impute must be 'median' or 'mean', got {self.impute!r}")

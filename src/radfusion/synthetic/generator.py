@@ -14,8 +14,8 @@ direction, isotropic ``spacing`` mm) and, with two timepoints, ``<out>/<id>_tp1/
 so its absence means an unfinished generation, which the next call resumes.
 
 Planted biology (direction and strength at the default ``effect_scale=1``; sizes are relative to
-the brain, see :mod:`radfusion.data.synthetic_anatomy`; the sampling is in
-:mod:`radfusion.data.synthetic_biology`). The effects overlap on purpose: on the default cohort a
+the brain, see :mod:`radfusion.synthetic.anatomy`; the sampling is in
+:mod:`radfusion.synthetic.biology`). The effects overlap on purpose: on the default cohort a
 cross-validated L2 logistic regression on the default habitat radiomics reaches an IDH AUC of about
 0.8, MGMT 0.55-0.75 and codeletion 0.6-0.75 (see ``docs/synthetic.md``), not the ceiling.
 ``effect_scale`` multiplies every marker and response effect (0: none; 3: nearly separable).
@@ -58,7 +58,7 @@ cross-validated L2 logistic regression on the default habitat radiomics reaches 
 - **Missing labels**: MGMT and codeletion are unknown (empty cell) with probability
   ``missing_rate``, IDH with ``missing_rate / 2``.
 
-Second timepoint (``n_timepoints=2``; :func:`radfusion.data.synthetic_biology.sample_followup`):
+Second timepoint (``n_timepoints=2``; :func:`radfusion.synthetic.biology.sample_followup`):
 a follow-up scan 56–120 days later (``days_from_baseline`` in ground_truth.csv) on the same grid,
 same anatomy, site, tumour location and outline, new acquisition noise; the baseline scan is
 byte-identical to the cross-sectional cohort's. ``response`` (manifest and ground truth) is 1 with
@@ -84,7 +84,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from radfusion.data.synthetic_anatomy import (
+from radfusion.synthetic.anatomy import (
     BRAIN_SEMI_AXES,
     SEQUENCES,
     ScannerParams,
@@ -96,7 +96,7 @@ from radfusion.data.synthetic_anatomy import (
     random_scanner,
     render_tumour,
 )
-from radfusion.data.synthetic_biology import rng_for, sample_followup, sample_subject, site_names
+from radfusion.synthetic.biology import rng_for, sample_followup, sample_subject, site_names
 
 #: Bump when a change alters the generated data, so cached cohorts are regenerated.
 #: 2: overlapping marker effects (``effect_scale``), optional second timepoint.

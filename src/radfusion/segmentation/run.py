@@ -29,7 +29,9 @@ import pandas as pd
 import SimpleITK as sitk
 
 from radfusion.cache import files_sha1
-from radfusion.data.cohort import SEQUENCES, Cohort, CohortError, read_manifest, validate_subject
+from radfusion.cohort.readers import read_manifest
+from radfusion.cohort.subject import SEQUENCES, Cohort, CohortError
+from radfusion.cohort.validate import validate_subject
 from radfusion.segmentation.labels import SegmentationError
 from radfusion.segmentation.nnunet import NNUNetSegmenter
 
@@ -249,7 +251,7 @@ def run_segmentation(cfg) -> SegmentationRun:
         run = segment_manifest(coh["path"], segmenter, c.get("output_manifest"), c.get("seg_dir"),
                                coh.get("label_convention", "brats2021"), **opts)
     else:
-        from radfusion.data.cohort import load_cohort
+        from radfusion.cohort.readers import load_cohort
 
         cohort = load_cohort(coh["source"], coh["path"], coh.get("clinical"), coh.get("label_convention", "brats2021"))
         out = Path(c["output_dir"])

@@ -1,4 +1,4 @@
-"""Anatomy, tumour geometry and scanner model behind :mod:`radfusion.data.synthetic`.
+"""Anatomy, tumour geometry and scanner model behind :mod:`radfusion.synthetic.generator`.
 
 Everything here works in voxel units on arrays indexed ``(x, y, z)`` with x towards the
 subject's right, y anterior and z superior (RAS, matching the identity affine the cohort is
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-#: Sequences in channel order (the same as :data:`radfusion.data.cohort.SEQUENCES`).
+#: Sequences in channel order (the same as :data:`radfusion.cohort.subject.SEQUENCES`).
 SEQUENCES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 
 #: Tissue classes of :data:`INTENSITY`; ``net`` is non-enhancing tumour core (IDH-mutant only).

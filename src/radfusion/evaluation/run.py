@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from radfusion.evaluation.analysis import Evaluation, Settings, evaluate_groups, order_groups
 from radfusion.evaluation.metrics import auc_with_ci
 from radfusion.evaluation.report import SUMMARY_HEADER, summary_rows, write_report
-from radfusion.evaluation.runs import RunError, find_runs, group_runs, load_runs, run_info
+from radfusion.evaluation.run_folders import RunError, find_runs, group_runs, load_runs, run_info
 
 __all__ = ["compare_runs", "evaluate", "find_runs", "format_table", "run_info", "settings_from"]
 

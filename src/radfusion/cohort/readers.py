@@ -1,5 +1,9 @@
-"""Readers for the BraTS 2023 GLI and nnU-Net raw layouts, returning the same :class:`Cohort` as
-:func:`radfusion.data.cohort.read_manifest` and :func:`radfusion.data.cohort.read_brats2021`.
+"""Every cohort layout radfusion reads, returning the same :class:`Cohort`.
+
+- manifest CSV (one row per subject; paths relative to the manifest);
+- BraTS 2021 (``<root>/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz``);
+BraTS 2023 GLI and nnU-Net raw layouts, returning the same :class:`Cohort` as
+:func:`radfusion.cohort.subject.read_manifest` and :func:`radfusion.cohort.subject.read_brats2021`.
 
 BraTS 2023 GLI (also MEN / MET / SSA / PED, which share the layout)::
 
@@ -24,12 +28,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from radfusion.data.cohort import SEQUENCES, Cohort, CohortError, Subject, _clinical_frame
-from radfusion.data.habitats import convention_labels
+from radfusion.cohort.clinical import clinical_frame
+from radfusion.cohort.habitats import convention_labels
+from radfusion.cohort.subject import SEQUENCES, Cohort, CohortError, Subject
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +44,7 @@ log = logging.getLogger(__name__)
 BRATS2023_SUFFIXES: dict[str, str] = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
 
 #: Channel-name spellings (lower case, non-alphanumerics removed) per sequence.
-_CHANNEL_ALIASES: dict[str, set[str]] = {
+CHANNEL_ALIASES: dict[str, set[str]] = {
     "t1": {"t1", "t1n", "t1w", "t1native", "t1pre", "native"},
     "t1ce": {"t1ce", "t1c", "t1gd", "t1wce", "t1post", "t1contrast", "t1wc", "t1cegd", "t1wgd"},
     "t2": {"t2", "t2w"},
@@ -50,7 +57,7 @@ _LABEL_ALIASES: dict[str, set[str]] = {
 }
 
 
-def _norm(name: str) -> str:
+def normalise_name(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
@@ -58,11 +65,11 @@ def _attach_clinical(subjects: list[Subject], clinical_csv: str | Path | None, s
     """Clinical table for ``subjects`` (one row each, unknown where the CSV has no row)."""
     ids = [s.subject_id for s in subjects]
     if clinical_csv is None:
-        clinical = _clinical_frame(pd.DataFrame({"subject_id": ids}), source)
+        clinical = clinical_frame(pd.DataFrame({"subject_id": ids}), source)
     else:
         if not Path(clinical_csv).is_file():
             raise CohortError(f"clinical CSV {clinical_csv} does not exist")
-        clinical = _clinical_frame(pd.read_csv(clinical_csv, dtype={"subject_id": str}), str(clinical_csv))
+        clinical = clinical_frame(pd.read_csv(clinical_csv, dtype={"subject_id": str}), str(clinical_csv))
         unknown = sorted(set(clinical.index) - set(ids))
         if unknown:
             log.warning("%s: %d clinical rows without images ignored (e.g. %s)", clinical_csv, len(unknown),
@@ -126,8 +133,8 @@ def channels_from_dataset_json(meta: dict, source: str) -> dict[str, int]:
         raise CohortError(f"{source}: no channel_names in dataset.json; pass channels={{'t1': 0, ...}}")
     found: dict[str, int] = {}
     for idx, name in names.items():
-        for seq, aliases in _CHANNEL_ALIASES.items():
-            if _norm(name) in aliases:
+        for seq, aliases in CHANNEL_ALIASES.items():
+            if normalise_name(name) in aliases:
                 if seq in found:
                     raise CohortError(f"{source}: channels {found[seq]} and {idx} both look like {seq} ({names})")
                 found[seq] = int(idx)
@@ -143,7 +150,8 @@ def convention_from_dataset_json(meta: dict, source: str) -> dict[str, int]:
     labels = meta.get("labels")
     if not isinstance(labels, dict):
         raise CohortError(f"{source}: no labels in dataset.json; pass label_convention=")
-    as_sets = {_norm(k): {int(v)} if isinstance(v, (int, float)) else {int(x) for x in v} for k, v in labels.items()}
+    as_sets = {normalise_name(k): {int(v)} if isinstance(v, (int, float)) else {int(x) for x in v}
+               for k, v in labels.items()}
     named: dict[str, int] = {}
     for name, values in as_sets.items():
         for part, aliases in _LABEL_ALIASES.items():
@@ -216,3 +224,112 @@ def read_nnunet_raw(root: str | Path, clinical_csv: str | Path | None = None,
         subjects.append(Subject(case, images, seg.resolve() if seg.exists() else None))
     clinical = _attach_clinical(subjects, clinical_csv, str(root))
     return Cohort(subjects, clinical, label_convention, root)
+
+
+def read_manifest(path: str | Path, label_convention: str | dict = "brats2021") -> Cohort:
+    """Read a manifest CSV (one row per subject; image paths relative to the manifest)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CohortError(f"manifest {path} does not exist")
+    table = pd.read_csv(path, dtype={"subject_id": str}, keep_default_na=True)
+    missing_cols = [c for c in ("subject_id", *SEQUENCES) if c not in table.columns]
+    if missing_cols:
+        raise CohortError(f"manifest {path}: missing columns {missing_cols}")
+    clinical = clinical_frame(table, str(path))
+    subjects = []
+    for (_, row), sid in zip(table.iterrows(), clinical["subject_id"], strict=True):
+        images = {}
+        for seq in SEQUENCES:
+            cell = row[seq]
+            if pd.isna(cell) or not str(cell).strip():
+                raise CohortError(f"subject {sid}: no {seq} image given in manifest {path}")
+            images[seq] = (path.parent / str(cell).strip()).resolve()
+        seg_cell = row.get("seg", np.nan)
+        has_seg = not pd.isna(seg_cell) and str(seg_cell).strip()
+        seg = (path.parent / str(seg_cell).strip()).resolve() if has_seg else None
+        subjects.append(Subject(sid, images, seg, clinical.loc[sid].to_dict() if sid in clinical.index else {}))
+    return Cohort(subjects, clinical, label_convention, path.parent)
+
+
+def read_brats2021(root: str | Path, clinical_csv: str | Path | None = None,
+                   label_convention: str | dict = "brats2021") -> Cohort:
+    """Read the BraTS 2021 layout ``<root>/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz``.
+
+    Clinical values come from ``clinical_csv`` (``subject_id`` column) when given. A folder that
+    lacks a sequence raises :class:`CohortError` naming the folder and the missing file.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CohortError(f"BraTS folder {root} does not exist")
+    if clinical_csv is not None:
+        clinical = clinical_frame(pd.read_csv(clinical_csv, dtype={"subject_id": str}), str(clinical_csv))
+    else:
+        clinical = None
+    subjects, ids = [], []
+    for case in sorted(p for p in root.iterdir() if p.is_dir()):
+        sid = case.name
+        images = {}
+        for seq in SEQUENCES:
+            f = case / f"{sid}_{seq}.nii.gz"
+            if not f.exists():
+                raise CohortError(f"subject {sid}: missing sequence {seq}: expected file {f}")
+            images[seq] = f.resolve()
+        seg = case / f"{sid}_seg.nii.gz"
+        subjects.append(Subject(sid, images, seg.resolve() if seg.exists() else None))
+        ids.append(sid)
+    if not subjects:
+        raise CohortError(f"BraTS folder {root} holds no subject folders")
+    if clinical is None:
+        clinical = clinical_frame(pd.DataFrame({"subject_id": ids}), str(root))
+    else:
+        clinical = clinical.reindex(ids)
+        clinical["subject_id"] = ids
+        clinical["site"] = clinical["site"].fillna("unknown")
+    for s in subjects:
+        s.clinical = clinical.loc[s.subject_id].to_dict()
+    return Cohort(subjects, clinical, label_convention, root)
+
+
+def load_cohort(source: str, path: str | Path, clinical: str | Path | None = None,
+                label_convention: str | dict = "brats2021") -> Cohort:
+    """Dispatch on ``source``: ``manifest`` (a CSV), ``brats2021`` / ``brats2023`` (folders) or
+    ``nnunet`` (an nnU-Net raw dataset folder; ``label_convention="auto"`` reads dataset.json)."""
+    if source == "manifest":
+        return read_manifest(path, label_convention)
+    if source == "brats2021":
+        return read_brats2021(path, clinical, label_convention)
+    if source in ("brats2023", "nnunet"):
+        if source == "brats2023":
+            return read_brats2023(path, clinical, label_convention)
+        return read_nnunet_raw(path, clinical, label_convention)
+    raise CohortError(f"unknown cohort source {source!r}; use 'manifest', 'brats2021', 'brats2023' or 'nnunet'")
+
+
+def cohort_from_config(cfg: Mapping, progress: bool = True) -> Cohort:
+    """The cohort a ``cohort:`` config block names, read but not yet validated.
+
+    ``cfg`` holds ``source`` (``synthetic`` | ``manifest`` | ``brats2021`` | ``brats2023`` |
+    ``nnunet``), ``path``, optionally ``clinical`` and ``label_convention``; with
+    ``source: synthetic`` its ``synthetic`` block holds the generator's settings and the cohort is
+    generated (once, deterministically) into ``path`` first. train.py, predict-style scripts,
+    extract_features.py and segment.py all read their cohort through this one function.
+    """
+    cfg = _plain(cfg)
+    source, path = cfg["source"], cfg["path"]
+    if source == "synthetic":
+        from radfusion.synthetic.generator import generate_cohort
+
+        syn = dict(cfg.get("synthetic") or {})
+        if "shape" in syn:
+            syn["shape"] = tuple(syn["shape"])
+        path, source = generate_cohort(path, progress=progress, **syn), "manifest"
+    return load_cohort(source, path, cfg.get("clinical"), cfg.get("label_convention", "brats2021"))
+
+
+def _plain(cfg) -> dict:
+    """An OmegaConf node as plain Python containers (other mappings copied as they are)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a core dependency
+        return dict(cfg)
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)

@@ -1,6 +1,6 @@
 """Latent biology of the synthetic cohort: markers, tumour design, survival, treatment response.
 
-:mod:`radfusion.data.synthetic` renders and writes what these functions sample; the planted effects
+:mod:`radfusion.synthetic.generator` renders and writes what these functions sample; the planted effects
 are documented there (module docstring) and in ``params.json``. Everything here is cheap (no images),
 so the effect sizes can be checked by simulating thousands of subjects.
 
@@ -59,7 +59,7 @@ def site_names(n_sites: int) -> list[str]:
 def sample_subject(seed: int, index: int, n_sites: int, missing_rate: float, effect_scale: float = 1.0) -> dict:
     """All latent variables of one subject at baseline (no images): biology, tumour design, survival.
 
-    Sizes are relative (see :class:`radfusion.data.synthetic_anatomy.TumourSpec`); ``vol_frac`` is the
+    Sizes are relative (see :class:`radfusion.synthetic.anatomy.TumourSpec`); ``vol_frac`` is the
     design whole-tumour volume as a fraction of the brain. Every subject draws the same number of
     random numbers whatever its class, so changing a probability does not reshuffle other subjects.
     """

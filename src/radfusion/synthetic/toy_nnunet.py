@@ -25,8 +25,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from radfusion.data.cohort import SEQUENCES, Cohort
-from radfusion.data.habitats import convention_labels
+from radfusion.cohort.habitats import convention_labels
+from radfusion.cohort.subject import SEQUENCES, Cohort
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Many public glioma cohorts ship features, not images. :func:`load_feature_table`
 (CSV or parquet, one row per subject, an ID column) plus a clinical table into the same two things
 the image pipeline produces: a numeric feature matrix indexed by ``subject_id`` and a clinical
 frame in the data-contract columns (``DESIGN.md``), with markers parsed to 1/0/NaN by the same
-rules as manifests (:mod:`radfusion.data.cohort`).
+rules as manifests (:mod:`radfusion.cohort.clinical`).
 
 What is dropped from the features, and reported: PyRadiomics ``diagnostics_*`` columns, its
 ``Image``/``Mask``/``Label`` settings columns, any other column without a single number (paths,
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from radfusion.data.cohort import CLINICAL_COLUMNS, MARKERS, CohortError, _clinical_frame, _parse_marker
+from radfusion.cohort.clinical import CLINICAL_COLUMNS, MARKERS, clinical_frame, parse_marker
+from radfusion.cohort.subject import CohortError
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def _parse_event(value, subject_id: str) -> float:
     if text in _EVENT_WORDS:
         return _EVENT_WORDS[text]
     try:
-        return _parse_marker(value, "os_event", subject_id)
+        return parse_marker(value, "os_event", subject_id)
     except CohortError:
         raise CohortError(f"subject {subject_id}: os_event has value {value!r}; expected 1/0, dead/alive, "
                           "true/false, or empty for unknown") from None
@@ -151,7 +152,7 @@ def _clinical(table: pd.DataFrame, label_columns: Mapping[str, str], unknown: se
         ids = table.index
         if name in MARKERS:
             try:
-                out[name] = [np.nan if m else _parse_marker(v, source, sid)
+                out[name] = [np.nan if m else parse_marker(v, source, sid)
                              for v, m, sid in zip(values, missing, ids, strict=True)]
             except CohortError as err:
                 raise CohortError(f"{path}: {err} (read as {name})") from None
@@ -168,7 +169,7 @@ def _clinical(table: pd.DataFrame, label_columns: Mapping[str, str], unknown: se
         else:  # site, sex, timepoint: text
             out[name] = values.where(~missing).astype(object)
     out.insert(0, "subject_id", out.index.to_numpy())
-    frame = _clinical_frame(out.reset_index(drop=True), str(path))
+    frame = clinical_frame(out.reset_index(drop=True), str(path))
     bad = frame.index[(frame["os_days"] < 0).to_numpy()]
     if len(bad):
         raise CohortError(f"{path}: negative os_days for subject(s) {list(bad[:5])}")

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from radfusion.data.cohort import SEQUENCES, CohortError, Subject, _geometry_problem, read_image
+from radfusion.cohort.subject import SEQUENCES, CohortError, Subject, read_image
+from radfusion.cohort.validate import geometry_problem
 
 #: Image/mask geometry tolerance (mm for spacing/origin, unitless for direction cosines); the same
-#: default as :func:`radfusion.data.cohort.validate_subject`.
+#: default as :func:`radfusion.cohort.subject.validate_subject`.
 GEOMETRY_TOLERANCE: float = 1e-3
 
 
@@ -150,7 +151,7 @@ def load_preprocessed(
         if ref is None:
             ref, ref_path = img, path
         else:
-            problem = _geometry_problem(ref, img, GEOMETRY_TOLERANCE)
+            problem = geometry_problem(ref, img, GEOMETRY_TOLERANCE)
             if problem:
                 raise CohortError(
                     f"subject {sid}: geometry mismatch between {path} and {ref_path}: {problem}. "

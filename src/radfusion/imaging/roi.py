@@ -35,9 +35,9 @@ from monai.transforms import (
 from tqdm.auto import tqdm
 
 from radfusion.cache import atomic_save_npy, files_sha1, settings_hash
-from radfusion.data.cohort import SEQUENCES, Cohort, CohortError, Subject
-from radfusion.data.habitats import HABITATS, habitat_mask
-from radfusion.data.preprocess import load_preprocessed
+from radfusion.cohort.habitats import HABITATS, habitat_mask
+from radfusion.cohort.subject import SEQUENCES, Cohort, CohortError, Subject
+from radfusion.imaging.preprocess import load_preprocessed
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``run_extraction(cfg)``: the work behind ``scripts/extract_features.py``.
 
-Reads the cohort named in ``cfg.cohort`` (any layout :func:`radfusion.data.cohort.load_cohort`
+Reads the cohort named in ``cfg.cohort`` (any layout :func:`radfusion.cohort.subject.load_cohort`
 knows, or the built-in synthetic cohort), extracts its habitat radiomics through the shared cache
 and writes, into ``cfg.output_dir``:
 
@@ -23,7 +23,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from radfusion.data.cohort import Cohort, load_cohort
+from radfusion.cohort.readers import load_cohort
+from radfusion.cohort.subject import Cohort
 from radfusion.radiomics.extract import extract_cohort
 from radfusion.radiomics.settings import FeatureSettings
 
@@ -35,7 +36,7 @@ def cohort_from_config(cfg: DictConfig) -> Cohort:
     c = cfg.cohort
     path, source = c.path, c.source
     if source == "synthetic":
-        from radfusion.data.synthetic import generate_cohort
+        from radfusion.synthetic.generator import generate_cohort
 
         syn = OmegaConf.to_container(cfg.synthetic, resolve=True)
         syn["shape"] = tuple(syn["shape"])

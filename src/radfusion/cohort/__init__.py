@@ -1,0 +1,1 @@
+"""Cohort stage: read any supported layout, parse clinical values, validate once, habitats."""

@@ -1,0 +1,1 @@
+"""In-fold learning on any feature matrix: imputation, ComBat, filters, scaling, selection."""

@@ -1,0 +1,1 @@
+"""Imaging stage: preprocessing (resample, z-score in the brain), ROI tensors, augmentation."""

@@ -1,0 +1,1 @@
+"""The synthetic BraTS-like cohort, a toy nnU-Net model and fake run folders (tests, demos)."""
