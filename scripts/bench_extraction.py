@@ -47,9 +47,9 @@ def _settings(args: argparse.Namespace):
 
 def _peak_mb() -> float:
     # VmHWM, not ru_maxrss: Linux carries the parent's peak over exec into ru_maxrss.
-    from radfusion.radiomics.extract import _peak_rss_mb
+    from radfusion.radiomics.extract import peak_rss_mb
 
-    return _peak_rss_mb() or float("nan")
+    return peak_rss_mb() or float("nan")
 
 
 def run_naive(args: argparse.Namespace, manifest: str, ids: list[str]) -> dict:

@@ -39,7 +39,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 ENCODERS = ("resnet10", "resnet18", "densenet121", "segresnet", "swin")
@@ -60,8 +60,9 @@ def bench_encoder(name: str, roi_paths: list[Path], cohort, size: int, batch: in
                   amp: bool) -> dict:
     from torch.utils.data import DataLoader
 
-    from radfusion.data.datamodule import SubjectDataset
-    from radfusion.imaging.roi import ROIAugment, ROISettings, build_roi
+    from radfusion.data.dataset import SubjectDataset
+    from radfusion.imaging.augment import ROIAugment
+    from radfusion.imaging.roi import ROISettings, build_roi
     from radfusion.models.fusion import FusionNet
     from radfusion.models.lit_module import masked_bce
 
@@ -113,7 +114,7 @@ def bench_encoder(name: str, roi_paths: list[Path], cohort, size: int, batch: in
     subjects = [s for s in cohort.subjects][:batch]
     c0 = time.process_time()
     for s in subjects:
-        build_roi(s, settings, cohort.label_convention)
+        build_roi(s, settings, cohort.label_convention, cohort.geometry_tolerance)
     nifti_cpu = time.process_time() - c0
     c0 = time.process_time()
     for p in roi_paths[:batch]:
@@ -193,11 +194,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    from radfusion.data.prepare import read_validated_cohort
     from radfusion.imaging.roi import ROISettings, build_roi_cache
 
     cfg = _compose(["experiment=idh_deep"])
-    dm = instantiate(cfg.data, use_images=False, use_radiomics=False, progress=False)
-    cohort = dm.load_cohort()
+    cohort = read_validated_cohort(OmegaConf.to_container(cfg.data.cohort, resolve=True), progress=False)
     cohort.subjects = cohort.subjects[: args.subjects]
     t0 = time.perf_counter()
     paths, failures = build_roi_cache(cohort, ROISettings(size=args.size), ROOT / "cache", n_jobs=1, progress=False)

@@ -1,6 +1,6 @@
 """Extract habitat radiomics of any cohort into ``features.parquet`` (Hydra entry point).
 
-    python scripts/extract_features.py cohort.source=brats2021 cohort.path=/data/BraTS2021 features=full
+    python scripts/extract_features.py cohort=brats2021 cohort.path=/data/BraTS2021 features=full
 
 Thin wrapper: the work lives in :func:`radfusion.radiomics.run.run_extraction`; the configuration is
 ``configs/extract.yaml`` (see ``docs/radiomics.md``).

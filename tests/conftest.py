@@ -1,5 +1,6 @@
-"""Shared fixtures: a tiny synthetic cohort (generated once per test session) and a Hydra
-config composed from the real ``configs/train.yaml`` and shrunk to CPU-test size."""
+"""Shared fixtures: a tiny synthetic cohort (generated once per test session) and a Hydra config composed
+from the real ``configs/train.yaml`` and shrunk to CPU-test size. The builders behind them live in
+``tests/helpers/`` so that test files import those, never this file or each other."""
 
 from __future__ import annotations
 
@@ -7,16 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(ROOT / "configs")
-os.environ.setdefault("WANDB_MODE", "offline")
+from helpers.config import TINY, compose_train_cfg, tiny_data_overrides
 
-#: Tiny synthetic cohort used by the end-to-end tests (seconds to generate and extract).
-TINY = {"n_subjects": 20, "shape": (40, 40, 40), "seed": 4, "n_sites": 2}
+os.environ.setdefault("WANDB_MODE", "offline")
 
 
 @pytest.fixture(scope="session")
@@ -34,33 +30,16 @@ def shared_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def compose_train_cfg(overrides: list[str]) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train.yaml", overrides=overrides, return_hydra_config=False)
-
-
 @pytest.fixture
 def cfg_factory(tiny_cohort, shared_cache, tmp_path):
     """Build a tiny, fast train config for an experiment (real train.yaml underneath)."""
 
     def make(experiment: str, extra: list[str] | None = None) -> DictConfig:
-        cohort_dir = tiny_cohort.parent
         overrides = [
             f"experiment={experiment}",
             "logger=csv",
-            f"data.cohort.path={cohort_dir}",
-            f"data.synthetic.n_subjects={TINY['n_subjects']}",
-            f"data.synthetic.shape=[{','.join(map(str, TINY['shape']))}]",
-            f"data.synthetic.seed={TINY['seed']}",
-            f"data.synthetic.n_sites={TINY['n_sites']}",
-            "data.split.val_fraction=0.25",
-            "data.split.test_fraction=0.25",
-            "data.roi.size=16",
-            "data.roi.min_extent_mm=12",
+            *tiny_data_overrides(tiny_cohort.parent),
             "data.batch_size=4",
-            "data.n_jobs=1",
-            "data.progress=false",
             # `~` then `+` replaces the feature-class dict (a plain override would merge into it)
             "~features.params.featureClass",
             "+features.params.featureClass={shape: null, firstorder: null, glcm: null}",

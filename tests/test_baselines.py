@@ -15,10 +15,24 @@ from sksurv.linear_model import CoxnetSurvivalAnalysis, CoxPHSurvivalAnalysis
 from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
 
-from radfusion.baselines import BASELINES, BaselineError, run_baseline
+from radfusion.baselines import BaselineError, run_baseline
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SPLIT_SIZES = {"train": 90, "val": 40, "test": 40}
+#: Every shipped baseline: configs/model/baseline_<kind>.yaml.
+BASELINES = sorted(p.stem.removeprefix("baseline_") for p in (CONFIGS / "model").glob("baseline_*.yaml"))
+
+
+def shipped(kind: str, grid: dict | None = None, seed: int = 0, **estimator) -> dict:
+    """The shipped ``baseline_<kind>.yaml`` as train.py hands it to run_baseline (resolved, ``${seed}`` set),
+    with ``estimator`` keyword arguments and ``grid`` replaced where given."""
+    cfg = OmegaConf.load(CONFIGS / "model" / f"baseline_{kind}.yaml")
+    cfg.seed = seed  # ${seed} comes from train.yaml in a real run
+    model_cfg = OmegaConf.to_container(cfg, resolve=True)
+    model_cfg["estimator"].update(estimator)
+    if grid is not None:
+        model_cfg["grid"] = grid
+    return model_cfg
 
 
 def make_dm(seed: int = 0, n_features: int = 12) -> SimpleNamespace:
@@ -52,7 +66,7 @@ def _rows(dm, split: str) -> np.ndarray:
 
 def test_lr_l2_equals_a_direct_scikit_learn_fit():
     dm = make_dm()
-    pred = run_baseline({"baseline": "lr_l2", "params": {"C": 0.5}, "seed": 0}, dm)
+    pred = run_baseline(shipped("lr_l2", grid={}, C=0.5), dm)
     assert len(pred) == len(dm.ids) and set(pred["subject_id"]) == set(dm.ids)
     assert list(pred.columns) == ["subject_id", "split", "fold", "prob_idh", "label_idh", "prob_mgmt", "label_mgmt"]
     assert (pred["fold"] == 2).all()
@@ -75,7 +89,7 @@ def test_lr_l2_equals_a_direct_scikit_learn_fit():
 def test_grid_is_chosen_on_validation_only():
     dm = make_dm(1)
     grid = [0.001, 0.1, 10.0]
-    cfg = {"baseline": "lr_l2", "params": {}, "grid": {"C": grid}, "seed": 0}
+    cfg = shipped("lr_l2", grid={"C": grid})
     pred = run_baseline(cfg, dm)
     chosen = pred.attrs["baseline"]["chosen"]["idh"]["C"]
     y_tr, y_va = dm.labels[_rows(dm, "train"), 0], dm.labels[_rows(dm, "val"), 0]
@@ -98,7 +112,7 @@ def test_grid_is_chosen_on_validation_only():
 def test_coxph_risk_equals_sksurv_predict():
     dm = make_dm(2)
     dm.targets, dm.labels = [], np.empty((len(dm.ids), 0))
-    pred = run_baseline({"baseline": "coxph", "params": {"alpha": 0.5, "ties": "efron"}}, dm)
+    pred = run_baseline(shipped("coxph", grid={}, alpha=0.5, ties="efron"), dm)
     assert list(pred.columns) == ["subject_id", "split", "fold", "risk", "os_days", "os_event"]
     surv = dm.survival.loc[dm.splits["train"]]
     known = surv.notna().all(axis=1).to_numpy()
@@ -113,7 +127,7 @@ def test_coxph_risk_equals_sksurv_predict():
 
 def test_coxnet_alpha_chosen_by_validation_cindex():
     dm = make_dm(3)
-    pred = run_baseline({"baseline": "coxnet", "params": {"l1_ratio": 0.5, "n_alphas": 20}}, dm)
+    pred = run_baseline(shipped("coxnet", n_alphas=20), dm)
     alpha = pred.attrs["baseline"]["chosen"]["survival"]["alpha"]
     tr = dm.survival.loc[dm.splits["train"]]
     kt = tr.notna().all(axis=1).to_numpy()
@@ -129,12 +143,10 @@ def test_coxnet_alpha_chosen_by_validation_cindex():
 
 @pytest.mark.parametrize("kind", BASELINES)
 def test_every_shipped_config_runs_and_finds_the_signal(kind):
-    cfg = OmegaConf.load(CONFIGS / "model" / f"baseline_{kind}.yaml")
-    cfg.seed = 0  # ${seed} comes from train.yaml in a real run
-    model_cfg = OmegaConf.to_container(cfg, resolve=True)
-    assert model_cfg["mode"] == f"baseline_{kind}"
+    model_cfg = shipped(kind)
+    assert model_cfg["mode"] == f"baseline_{kind}" and model_cfg["baseline"] == kind
     if kind in ("rf", "rsf"):
-        model_cfg["params"]["n_estimators"] = 60  # keep the test fast on 2 cores
+        model_cfg["estimator"]["n_estimators"] = 60  # keep the test fast on 2 cores
     dm = make_dm(4)
     pred = run_baseline(model_cfg, dm)
     test = pred[pred.split == "test"]
@@ -153,32 +165,34 @@ def test_one_class_in_train_is_a_clear_error():
     rows = _rows(dm, "train")
     dm.labels[rows, 1] = np.where(np.isnan(dm.labels[rows, 1]), np.nan, 1.0)
     with pytest.raises(BaselineError, match=r"marker 'mgmt'.*train split.*all of class 1"):
-        run_baseline({"baseline": "lr_l2"}, dm)
+        run_baseline(shipped("lr_l2", grid={}), dm)
     dm.targets, dm.labels = [], np.empty((len(dm.ids), 0))
     with pytest.raises(BaselineError, match="data.targets is empty"):
-        run_baseline({"baseline": "rf"}, dm)
-    with pytest.raises(BaselineError, match="must be one of"):
+        run_baseline(shipped("rf", grid={}), dm)
+    with pytest.raises(BaselineError, match=r"baseline xgboost: model.estimator must be a \{_target_"):
         run_baseline({"baseline": "xgboost"}, dm)
+    with pytest.raises(BaselineError, match="sklearn.ensemble.NoSuchForest"):  # a target that cannot be imported
+        run_baseline({"baseline": "typo", "estimator": {"_target_": "sklearn.ensemble.NoSuchForest"}}, dm)
 
 
 def test_bad_survival_data_is_a_clear_error():
     dm = make_dm()
     dm.survival.loc[dm.splits["test"][0], "os_days"] = 0.0
     with pytest.raises(BaselineError, match=rf"os_days must be > 0.*{dm.splits['test'][0]}"):
-        run_baseline({"baseline": "coxph"}, dm)
+        run_baseline(shipped("coxph"), dm)
     dm = make_dm()
     dm.survival.loc[dm.splits["train"], "os_event"] = 0.0
     dm.survival.loc[dm.splits["train"][0], "os_event"] = 1.0
     with pytest.raises(BaselineError, match="train split has 1 event"):
-        run_baseline({"baseline": "coxnet"}, dm)
+        run_baseline(shipped("coxnet"), dm)
     dm = make_dm()
     dm.radiomics["val"] = dm.radiomics["val"][:-1]
     with pytest.raises(BaselineError, match=r"radiomics\['val'\]"):
-        run_baseline({"baseline": "coxph"}, dm)
+        run_baseline(shipped("coxph"), dm)
 
 
 def test_experiment_configs_compose():
-    from conftest import compose_train_cfg
+    from helpers.config import compose_train_cfg
 
     for exp, kind in [("idh_baseline_lr", "lr_l2"), ("idh_baseline_svm", "svm"), ("survival_baseline_coxnet", "coxnet"),
                       ("survival_baseline_rsf", "rsf")]:
@@ -206,3 +220,39 @@ def test_ridge_coxph_in_row_space_equals_a_direct_sksurv_fit_when_p_exceeds_n():
         assert ours.model_.coef_.shape == (n,)  # the fit really happened in the n-dim row space
         np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-7)
         np.testing.assert_allclose(ours.predict(X_new), ref.predict(X_new), atol=1e-6)
+
+
+def test_a_new_baseline_is_a_yaml_block():
+    """No registry: any scikit-learn classifier named by _target_ is a marker baseline, grid included."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    dm = make_dm(5)
+    cfg = {"baseline": "knn", "grid": {"n_neighbors": [3, 15]},
+           "estimator": {"_target_": "sklearn.neighbors.KNeighborsClassifier", "weights": "distance"}}
+    pred = run_baseline(cfg, dm)
+    info = pred.attrs["baseline"]
+    assert info["kind"] == "knn" and info["chosen"]["idh"]["weights"] == "distance"
+    k = info["chosen"]["idh"]["n_neighbors"]
+    y_tr = dm.labels[_rows(dm, "train"), 0]
+    known = ~np.isnan(y_tr)
+    ref = KNeighborsClassifier(n_neighbors=k, weights="distance")
+    ref.fit(dm.radiomics["train"][known], y_tr[known].astype(int))
+    np.testing.assert_array_equal(pred.loc[pred.split == "test", "prob_idh"],
+                                  ref.predict_proba(dm.radiomics["test"])[:, 1])
+
+
+def test_svm_calibration_folds_are_capped_by_the_smaller_class():
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import SVC
+
+    from radfusion.baselines import CalibratedSVC
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(40, 5))
+    y = np.r_[np.ones(3, int), np.zeros(37, int)]  # 3 of class 1: 5 calibration folds are impossible
+    X[:3] += 1.5
+    ours = CalibratedSVC(C=1.0, class_weight="balanced", random_state=0, calibration_cv=5).fit(X, y)
+    assert ours.calibration_cv_ == 3
+    ref = CalibratedClassifierCV(SVC(C=1.0, class_weight="balanced", random_state=0), method="sigmoid", cv=3,
+                                 ensemble=False).fit(X, y)
+    np.testing.assert_array_equal(ours.predict_proba(X), ref.predict_proba(X))

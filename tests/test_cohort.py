@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import SimpleITK as sitk
 
+from helpers.radiomics import small_feature_settings
 from radfusion.cohort.habitats import habitat_masks
 from radfusion.cohort.readers import read_brats2021, read_manifest
-from radfusion.cohort.subject import SEQUENCES, CohortError
+from radfusion.cohort.subject import GEOMETRY_TOLERANCE, SEQUENCES, CohortError
 from radfusion.cohort.validate import validate_cohort
+from radfusion.imaging.roi import ROISettings, build_roi_cache
+from radfusion.radiomics.extract import extract_cohort
 
 
 def write_case(root: Path, sid: str, seg_labels=(1, 2, 4), spacing=(1.0, 1.0, 1.0), shape=(16, 16, 16)) -> Path:
@@ -159,3 +164,67 @@ def test_longitudinal_manifest_keeps_patient_for_splits(tmp_path):
     bad = write_manifest(tmp_path, ["a", "a"], timepoint=[0, 0])
     with pytest.raises(CohortError, match="repeated"):
         read_manifest(bad)
+
+
+def test_non_scalar_image_is_refused_by_validation(tmp_path):
+    """A two-component image on the mask's grid used to pass validation and fail only when loaded for
+    extraction; validation now runs the loader's 3D-scalar check too."""
+    write_case(tmp_path, "s1")
+    flair = tmp_path / "s1" / "s1_flair.nii.gz"
+    one = sitk.ReadImage(str(flair))
+    sitk.WriteImage(sitk.Compose(one, one), str(flair))
+    with pytest.raises(CohortError, match=r"subject s1: .*s1_flair\.nii\.gz is not a 3D scalar image.*2 components"):
+        validate_cohort(read_brats2021(tmp_path))
+
+
+def _shift_origin(path: Path, shift_mm: float) -> None:
+    img = nib.load(path)
+    affine = img.affine.copy()
+    affine[:3, 3] += shift_mm
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), path)
+
+
+def test_geometry_tolerance_reaches_extraction_and_rois(tmp_path):
+    """``data.cohort.geometry_tolerance`` is applied to every read, not only by validation.
+
+    Subject ``off`` has its t1ce origin 5e-3 mm from the mask's; ``twin`` holds the same data, aligned.
+    At the default tolerance (1e-3) ``off`` is refused with a message naming subject, both files, the
+    difference, the tolerance and the fix, by validation and by the extraction alike. Validated with
+    1e-2, it must then also be extracted and get an ROI; the loader used to re-check with a hard-coded
+    1e-3 and lost it as an extraction/ROI failure. The tolerance is no part of any cache key: ``twin``'s
+    items and ROI, made at the default tolerance, are reused under the loosened one.
+    """
+    data = tmp_path / "data"
+    for sid in ("off", "twin"):
+        write_case(data, sid)  # same random seed: identical arrays
+    _shift_origin(data / "off" / "off_t1ce.nii.gz", 5e-3)
+    message = (r"subject off: geometry mismatch between \S*off_t1ce\.nii\.gz and \S*off_seg\.nii\.gz: origin .*"
+               r"\(max difference 0\.005 > tolerance 0\.001\)\. Resample the image onto the mask grid")
+    with pytest.raises(CohortError, match=message):
+        validate_cohort(read_brats2021(data))
+
+    settings = small_feature_settings(sequences=["t1ce", "flair"])
+    roi = ROISettings(size=8, min_extent_mm=8.0, sequences=("t1ce", "flair"))
+    cache = tmp_path / "cache"
+    strict = read_brats2021(data)  # not validated: the default tolerance
+    assert strict.geometry_tolerance == GEOMETRY_TOLERANCE
+    df = extract_cohort(strict, settings, cache, n_jobs=1, progress=False)
+    assert list(df.index) == ["twin"]
+    assert list(df.attrs["failures"]) == ["off"]
+    assert re.search(message, df.attrs["failures"]["off"])  # the same check and message as validation
+    paths, failures = build_roi_cache(strict, roi, cache, progress=False)
+    assert set(paths) == {"twin"} and re.search(message, failures["off"])
+    twin_roi = paths["twin"]
+
+    cohort = validate_cohort(read_brats2021(data), tolerance=1e-2)
+    assert cohort.ids == ["off", "twin"] and cohort.geometry_tolerance == 1e-2
+    df = extract_cohort(cohort, settings, cache, n_jobs=1, progress=False)
+    assert df.attrs["failures"] == {} and list(df.index) == ["off", "twin"]
+    # The image is put on the mask's grid, so the offset (and the tolerance) change no value.
+    pd.testing.assert_series_equal(df.loc["off"], df.loc["twin"], check_names=False)
+    status = pd.read_csv(cache / settings.cache_key() / "diagnostics.csv").set_index(["subject_id", "sequence"])
+    assert status.loc[("twin", "t1ce"), "status"] == "cached" and status.loc[("off", "t1ce"), "status"] == "computed"
+    paths, failures = build_roi_cache(cohort, roi, cache, progress=False)
+    assert failures == {} and set(paths) == {"off", "twin"}
+    assert paths["twin"] == twin_roi  # same ROI cache file: the tolerance is not in its key
+    np.testing.assert_array_equal(np.load(paths["off"]), np.load(paths["twin"]))

@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 
 import radfusion.data.datamodule as dmmod
 from radfusion.cohort.subject import CohortError
-from radfusion.data.splits import load_or_make_splits, make_splits
+from radfusion.data.splits import load_or_make_fold, make_splits
 
 
 def _datamodule(cfg, **kw):
@@ -25,8 +25,8 @@ def test_splits_are_disjoint_stratified_and_reused(tmp_path):
     index = dict(zip(ids, labels, strict=False))
     for part in parts[1:]:  # both classes in val and test
         assert {index[s] for s in part if not np.isnan(index[s])} == {0.0, 1.0}
-    first, path = load_or_make_splits(tmp_path, ids, labels, 0.25, 0.25, seed=1)
-    again, _ = load_or_make_splits(tmp_path, ids, labels[::-1], 0.25, 0.25, seed=1)
+    first, path = load_or_make_fold(tmp_path, ids, labels, val_fraction=0.25, test_fraction=0.25, seed=1)
+    again, _ = load_or_make_fold(tmp_path, ids, labels[::-1], val_fraction=0.25, test_fraction=0.25, seed=1)
     assert first == again and path.exists()  # the file, not the labels, decides on reuse
 
 

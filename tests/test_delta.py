@@ -13,7 +13,8 @@ import SimpleITK as sitk
 from omegaconf import open_dict
 from sklearn.metrics import roc_auc_score
 
-from radfusion.radiomics.delta import _stacked_roi, delta_features, patient_table, relative_change
+from radfusion.data.prepare import stack_rois
+from radfusion.radiomics.delta import delta_features, patient_table, relative_change
 
 
 def test_relative_change_formulas():
@@ -91,31 +92,31 @@ def test_both_timepoints_stack_roi_channels(tmp_path):
     a, b = tmp_path / "P1_tp0-abc.npy", tmp_path / "P1_tp1-def.npy"
     np.save(a, np.zeros((4, 3, 3, 3), np.float32))
     np.save(b, np.ones((4, 3, 3, 3), np.float32))
-    out = _stacked_roi(a, b)
+    out = stack_rois(a, b)
     arr = np.load(out)
     assert arr.shape == (8, 3, 3, 3) and arr[:4].sum() == 0 and arr[4:].min() == 1
-    assert _stacked_roi(a, b) == out  # made once
+    assert stack_rois(a, b) == out  # made once
+
+
+#: The longitudinal cohort's generator arguments (the run's ``data.cohort.synthetic`` must say the same).
+LONG = {"n_subjects": 16, "shape": (40, 40, 40), "seed": 3, "n_sites": 2}
 
 
 @pytest.fixture(scope="module")
 def long_cohort(tmp_path_factory) -> Path:
     from radfusion.synthetic.generator import generate_cohort
 
-    return generate_cohort(tmp_path_factory.mktemp("long"), n_subjects=16, shape=(40, 40, 40), seed=3, n_sites=2,
-                           n_timepoints=2, progress=False)
+    return generate_cohort(tmp_path_factory.mktemp("long"), n_timepoints=2, progress=False, **LONG)
 
 
 @pytest.mark.slow
 def test_response_delta_hybrid_runs_at_patient_level(long_cohort, tmp_path):
-    from conftest import compose_train_cfg
+    from helpers.config import compose_train_cfg, tiny_data_overrides
     from radfusion.training.run import train
 
     cfg = compose_train_cfg([
-        "experiment=response_delta_hybrid", "logger=csv", f"data.cohort.path={long_cohort.parent}",
-        "data.synthetic.n_subjects=16", "data.synthetic.shape=[40,40,40]", "data.synthetic.seed=3",
-        "data.synthetic.n_sites=2", "data.split.val_fraction=0.25", "data.split.test_fraction=0.25",
-        "data.roi.size=16", "data.roi.min_extent_mm=12", "data.batch_size=4", "data.n_jobs=1", "data.progress=false",
-        "model.encoder.block_inplanes=[4,8,8,16]",
+        "experiment=response_delta_hybrid", "logger=csv", *tiny_data_overrides(long_cohort.parent, LONG),
+        "data.batch_size=4", "model.encoder.block_inplanes=[4,8,8,16]",
         f"paths.cache_dir={tmp_path / 'cache'}", f"paths.data_dir={tmp_path / 'data'}",
         f"paths.log_dir={tmp_path / 'runs'}", "trainer.max_epochs=2", "+trainer.enable_progress_bar=false",
         "n_bootstrap=50"])

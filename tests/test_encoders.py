@@ -278,7 +278,7 @@ def test_roi_habitat_channels_and_fixed_extent(one_subject):
 
 
 def test_augmentation_moves_masks_with_images_and_leaves_their_values():
-    from radfusion.imaging.roi import ROIAugment
+    from radfusion.imaging.augment import ROIAugment
 
     torch.manual_seed(5)
     image = torch.randn(4, 20, 20, 20)
@@ -297,7 +297,7 @@ def test_augmentation_moves_masks_with_images_and_leaves_their_values():
 def test_nnunet_experiment_config_instantiates(tmp_path):
     from hydra.utils import instantiate
 
-    from conftest import compose_train_cfg
+    from helpers.config import compose_train_cfg
 
     _, ckpt = _write_nnunet_model(tmp_path / "model", residual=False, plans_in_checkpoint=True)
     cfg = compose_train_cfg(["experiment=idh_hybrid_nnunet", f"model.encoder.checkpoint={ckpt}"])

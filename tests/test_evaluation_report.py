@@ -12,25 +12,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from sklearn.metrics import roc_auc_score
 
+from helpers.config import compose_config
+from helpers.paths import ROOT
 from radfusion.evaluation.delong import delong_test
 from radfusion.evaluation.report import markdown_to_html
 from radfusion.evaluation.run import evaluate
 from radfusion.evaluation.run_folders import RunError, check_predictions, find_runs, load_run
 from radfusion.synthetic.runs import cohort, write_run, write_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def eval_cfg(runs: list[str], out: Path, extra: list[str] | None = None):
     """The real configs/eval.yaml, composed as evaluate.py would, small bootstrap."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("eval.yaml", overrides=[f"runs=[{','.join(runs)}]", f"report_dir={out}", "name=test",
-                                               "n_bootstrap=200", *(extra or [])])
+    return compose_config("eval.yaml", [f"runs=[{','.join(runs)}]", f"report_dir={out}", "name=test", "n_bootstrap=200",
+                                        *(extra or [])])
 
 
 @pytest.fixture(scope="module")

@@ -154,7 +154,7 @@ def test_custom_unknown_values(tmp_path):
 def test_feature_table_feeds_the_in_fold_pipeline_and_a_baseline(tmp_path):
     """End to end without images: table → in-fold processing (fitted on train) → L2 logistic baseline."""
     from radfusion.baselines import run_baseline
-    from radfusion.features.processor import feature_matrix, make_feature_pipeline
+    from radfusion.features.processor import make_feature_processor
 
     rng = np.random.default_rng(0)
     n = 80
@@ -166,11 +166,13 @@ def test_feature_table_feeds_the_in_fold_pipeline_and_a_baseline(tmp_path):
     pd.DataFrame({"pid": ids, "IDH": idh}).to_csv(tmp_path / "c.csv", index=False)
     feats, clin = load_feature_table(tmp_path / "f.csv", tmp_path / "c.csv", "pid", {"idh": "IDH"})
     splits = {"train": ids[:40], "val": ids[40:60], "test": ids[60:]}
-    pipe = make_feature_pipeline().fit(feature_matrix(feats, splits["train"]))
+    pipe = make_feature_processor({}).fit(feats.loc[splits["train"]], clin.loc[splits["train"], "idh"].to_numpy())
     dm = SimpleNamespace(ids=list(feats.index), targets=["idh"], labels=clin[["idh"]].to_numpy(float),
                          survival=clin[["os_days", "os_event"]], splits=splits, fold=0,
-                         radiomics={s: pipe.transform(feature_matrix(feats, v)) for s, v in splits.items()})
-    pred = run_baseline({"baseline": "lr_l2", "params": {"C": 1.0}}, dm)
+                         radiomics={s: pipe.transform(feats.loc[v]) for s, v in splits.items()})
+    lr = {"_target_": "sklearn.linear_model.LogisticRegression", "C": 1.0, "l1_ratio": 0.0, "class_weight": "balanced",
+          "max_iter": 5000, "random_state": 0}  # configs/model/baseline_lr_l2.yaml without its grid
+    pred = run_baseline({"baseline": "lr_l2", "estimator": lr}, dm)
     test = pred[pred.split == "test"]
     from sklearn.metrics import roc_auc_score
 
@@ -178,7 +180,7 @@ def test_feature_table_feeds_the_in_fold_pipeline_and_a_baseline(tmp_path):
 
 
 def test_data_config_composes():
-    from conftest import compose_train_cfg
+    from helpers.config import compose_train_cfg
 
     cfg = compose_train_cfg(["experiment=idh_baseline_lr", "data=feature_table", "data.cohort.features=/x/f.csv",
                              "data.cohort.clinical=/x/c.csv", "data.cohort.id_column=ID",

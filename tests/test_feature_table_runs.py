@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import open_dict
-from tests.conftest import compose_train_cfg
 
+from helpers.config import compose_train_cfg
 from radfusion.training.run import train
 
 

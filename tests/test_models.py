@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from radfusion.evaluation.metrics import binary_metrics
 from radfusion.models.encoders import ResNetEncoder
 from radfusion.models.fusion import FusionNet
-from radfusion.models.lit_module import masked_bce, safe_auc
+from radfusion.models.lit_module import masked_bce
 
 
 def test_encoder_pools_requested_stages():
@@ -63,11 +64,11 @@ def test_masked_bce_ignores_unknown_labels():
     assert masked_bce(logits, labels, torch.zeros_like(mask)) == 0
 
 
-def test_safe_auc_skips_unknown_and_single_class():
+def test_epoch_auc_skips_unknown_and_single_class():
     import numpy as np
 
-    assert safe_auc(np.array([1, 0, np.nan]), np.array([0.9, 0.1, 0.5])) == 1.0
-    assert np.isnan(safe_auc(np.array([1, 1, np.nan]), np.array([0.9, 0.1, 0.5])))
+    assert binary_metrics(np.array([1, 0, np.nan]), np.array([0.9, 0.1, 0.5]))["auc"] == 1.0
+    assert np.isnan(binary_metrics(np.array([1, 1, np.nan]), np.array([0.9, 0.1, 0.5]))["auc"])
 
 
 @pytest.mark.parametrize("name", ["resnet10", "resnet18", "resnet34", "resnet_medicalnet", "densenet121",
@@ -76,7 +77,7 @@ def test_every_encoder_config_instantiates_and_runs(name):
     """configs/model/encoder/*.yaml match their classes' signatures (a typo would fail here)."""
     from hydra.utils import instantiate
 
-    from conftest import compose_train_cfg
+    from helpers.config import compose_train_cfg
 
     cfg = compose_train_cfg(["experiment=idh_deep", f"model/encoder={name}"])
     enc = instantiate(cfg.model.encoder).eval()

@@ -9,7 +9,8 @@ import torch
 
 from radfusion.cohort.subject import CohortError
 from radfusion.data.datamodule import check_survival
-from radfusion.models.lit_module import RadFusionModule, harrell_c
+from radfusion.evaluation.survival import harrell_c
+from radfusion.models.lit_module import RadFusionModule
 from radfusion.training.run import train
 
 

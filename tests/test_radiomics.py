@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import ast
-import copy
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,30 +11,21 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from helpers.paths import SHARED_DATA
+from helpers.radiomics import SMALL_PARAMS, rel, small_feature_settings
+from helpers.subjects import cohort_of, write_subject
 from radfusion.cohort.habitats import habitat_mask
-from radfusion.cohort.subject import SEQUENCES, Cohort, Subject
+from radfusion.cohort.subject import SEQUENCES
 from radfusion.imaging.preprocess import load_preprocessed
 from radfusion.radiomics import engine
 from radfusion.radiomics.extract import extract_cohort, extract_region, extract_subject
 from radfusion.radiomics.settings import FeatureSettings
 
-SHARED_DATA = Path(os.environ.get("RADFUSION_SHARED_DATA",
-                                  Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 PYRAD = SHARED_DATA / "pyradiomics"
 BASELINE_CLASSES = ["firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm", "shape"]
 # Shape features computed on the marching-cubes surface mesh differ from the (older) baseline by up
 # to ~1e-3 with the installed PyRadiomics; diameters, axis lengths and VoxelVolume match to ~1e-13.
 MESH_FEATURES = {"MeshVolume", "SurfaceArea", "SurfaceVolumeRatio", "Sphericity"}
-SMALL_PARAMS = {
-    "setting": {"binWidth": 25, "label": 1, "additionalInfo": False, "voxelArrayShift": 300},
-    "imageType": {"Original": {}},
-    "featureClass": {"shape": [], "firstorder": [], "glcm": []},
-}
-
-
-def _rel(a: float, b: float) -> float:
-    return abs(a - b) / max(abs(b), 1e-12) if b != 0 else abs(a)
-
 
 # ------------------------------------------------------------------ 1. PyRadiomics baseline
 
@@ -71,61 +60,24 @@ def test_pyradiomics_baseline(feature_class: str) -> None:
     worst, failures = 0.0, []
     for name, ref in expected.items():
         tol = 2e-3 if feature_class == "shape" and name.rsplit("_", 1)[1] in MESH_FEATURES else 1e-6
-        rel = _rel(got[name], ref)
-        worst = max(worst, rel)
-        if not rel <= tol:
-            failures.append(f"{name}: got {got[name]!r}, baseline {ref!r}, rel diff {rel:.3g} > {tol}")
+        err = rel(got[name], ref)
+        worst = max(worst, err)
+        if not err <= tol:
+            failures.append(f"{name}: got {got[name]!r}, baseline {ref!r}, rel diff {err:.3g} > {tol}")
     print(f"baseline {feature_class}: max relative difference {worst:.3g}")
     assert not failures, "\n".join(failures)
 
 
-# ------------------------------------------------------------------ synthetic subjects
-
-def _write_subject(root: Path, sid: str, with_et: bool = True, seed: int = 0, n: int = 32) -> Subject:
-    """A skull-stripped 32³ head (1 mm) with ED shell, NCR core and (optionally) an ET rim."""
-    rng = np.random.default_rng(seed)
-    zz, yy, xx = np.mgrid[:n, :n, :n].astype(float)
-    c = n / 2
-    brain = ((zz - c) / 14) ** 2 + ((yy - c) / 14) ** 2 + ((xx - c) / 15) ** 2 <= 1
-    r = np.sqrt((zz - c - 2) ** 2 + (yy - c) ** 2 + (xx - c + 1) ** 2)
-    seg = np.zeros((n, n, n), np.uint8)
-    seg[r <= 8] = 2                        # ED
-    seg[r <= 5] = 4 if with_et else 1      # ET rim (or more necrosis)
-    seg[r <= 3] = 1                        # NCR
-    seg[~brain] = 0
-    folder = root / sid
-    folder.mkdir(parents=True)
-    images = {}
-    for i, seq in enumerate(SEQUENCES):
-        contrast = 80 * (seg == 2) - 60 * (seg == 1) + 150 * (seg == 4)
-        arr = 400 + 50 * i + rng.normal(0, 30, seg.shape) + contrast
-        arr = np.where(brain, arr, 0).astype(np.float32)
-        images[seq] = folder / f"{sid}_{seq}.nii.gz"
-        img = sitk.GetImageFromArray(arr)
-        img.SetOrigin((-10.0, 5.0, 2.0))
-        sitk.WriteImage(img, str(images[seq]))
-    seg_img = sitk.GetImageFromArray(seg)
-    seg_img.SetOrigin((-10.0, 5.0, 2.0))
-    sitk.WriteImage(seg_img, str(folder / f"{sid}_seg.nii.gz"))
-    return Subject(sid, images, folder / f"{sid}_seg.nii.gz")
-
-
-def _cohort(subjects: list[Subject]) -> Cohort:
-    ids = [s.subject_id for s in subjects]
-    clinical = pd.DataFrame({"subject_id": ids}).set_index("subject_id", drop=False)
-    return Cohort(subjects, clinical, "brats2021")
-
-
 @pytest.fixture()
 def small_settings() -> FeatureSettings:
-    return FeatureSettings(params=copy.deepcopy(SMALL_PARAMS))
+    return small_feature_settings()
 
 
 # ------------------------------------------------------------------ 2. empty habitat
 
 def test_empty_habitat_is_nan_with_indicator(tmp_path: Path, small_settings: FeatureSettings) -> None:
-    with_et, _ = extract_subject(_write_subject(tmp_path, "a", with_et=True), small_settings)
-    no_et, diag = extract_subject(_write_subject(tmp_path, "b", with_et=False, seed=1), small_settings)
+    with_et, _ = extract_subject(write_subject(tmp_path, "a", with_et=True), small_settings)
+    no_et, diag = extract_subject(write_subject(tmp_path, "b", with_et=False, seed=1), small_settings)
     assert set(no_et) == set(with_et)
     et_cols = [k for k in no_et if k.startswith("ET_") and k not in ("ET_empty", "ET_voxels")]
     assert et_cols and all(np.isnan(no_et[k]) for k in et_cols)
@@ -140,7 +92,7 @@ def test_empty_habitat_is_nan_with_indicator(tmp_path: Path, small_settings: Fea
 # ------------------------------------------------------------------ 3. crop invariance
 
 def test_crop_does_not_change_features(tmp_path: Path, small_settings: FeatureSettings) -> None:
-    subject = _write_subject(tmp_path, "a")
+    subject = write_subject(tmp_path, "a")
     features, diag = extract_subject(subject, small_settings)
     assert diag["bbox"] is not None  # the crop really happened
     images, seg = load_preprocessed(subject, small_settings.spacing, small_settings.normalize,
@@ -154,14 +106,14 @@ def test_crop_does_not_change_features(tmp_path: Path, small_settings: FeatureSe
             for name, ref in full.items():
                 shape = "_shape_" in name
                 col = f"{hab}_{name.removeprefix('original_')}" if shape else f"{hab}_{seq}_{name}"
-                assert _rel(features[col], ref) <= 1e-6, (col, features[col], ref)
+                assert rel(features[col], ref) <= 1e-6, (col, features[col], ref)
 
 
 # ------------------------------------------------------------------ 4. cache
 
 def test_cache_reused_and_keyed_by_settings(tmp_path: Path, small_settings: FeatureSettings,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    cohort = _cohort([_write_subject(tmp_path / "data", s, seed=i) for i, s in enumerate(["s1", "s2"])])
+    cohort = cohort_of([write_subject(tmp_path / "data", s, seed=i) for i, s in enumerate(["s1", "s2"])])
     first = extract_cohort(cohort, small_settings, tmp_path / "cache", n_jobs=1, progress=False)
     key_dir = tmp_path / "cache" / small_settings.cache_key()
     items = sorted((tmp_path / "cache" / "items").glob("*/*/*.json"))
@@ -179,19 +131,19 @@ def test_cache_reused_and_keyed_by_settings(tmp_path: Path, small_settings: Feat
     assert second.attrs["failures"] == {}
     pd.testing.assert_frame_equal(pd.read_parquet(key_dir / "features.parquet"), first)
 
-    changed = FeatureSettings(params=copy.deepcopy(SMALL_PARAMS), crop_padding=3)
+    changed = small_feature_settings(crop_padding=3)
     changed.params["setting"]["binWidth"] = 10
     assert changed.cache_key() != small_settings.cache_key()
-    parallel = FeatureSettings(params=copy.deepcopy(SMALL_PARAMS), n_jobs=4)
+    parallel = small_feature_settings(n_jobs=4)
     assert parallel.cache_key() == small_settings.cache_key()
 
 
 # ------------------------------------------------------------------ 5. failure isolation
 
 def test_corrupt_subject_is_reported_not_dropped(tmp_path: Path, small_settings: FeatureSettings) -> None:
-    subjects = [_write_subject(tmp_path / "data", s, seed=i) for i, s in enumerate(["good1", "bad", "good2"])]
+    subjects = [write_subject(tmp_path / "data", s, seed=i) for i, s in enumerate(["good1", "bad", "good2"])]
     subjects[1].images["t2"].write_bytes(b"this is not a NIfTI file" * 10)
-    df = extract_cohort(_cohort(subjects), small_settings, tmp_path / "cache", n_jobs=2, progress=False)
+    df = extract_cohort(cohort_of(subjects), small_settings, tmp_path / "cache", n_jobs=2, progress=False)
     assert list(df.index) == ["good1", "good2"]
     message = df.attrs["failures"]["bad"]
     assert "bad" in message and str(subjects[1].images["t2"]) in message

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -10,20 +9,16 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from helpers.radiomics import SMALL_PARAMS, reference_execute, rel, small_feature_settings
+from helpers.subjects import cohort_of, write_subject
 from radfusion.radiomics.extract import extract_cohort, extract_subject
 from radfusion.radiomics.settings import FeatureSettings
-from test_radiomics import _cohort, _rel, _write_subject
-from test_radiomics_engine import reference_execute
 
-PARAMS = {
-    "setting": {"binWidth": 25, "label": 1, "additionalInfo": False, "voxelArrayShift": 300},
-    "imageType": {"Original": {}},
-    "featureClass": {"shape": [], "firstorder": [], "glcm": []},
-}
+PARAMS = SMALL_PARAMS
 
 
 def _settings(**kw) -> FeatureSettings:
-    return FeatureSettings(params=copy.deepcopy(kw.pop("params", PARAMS)), sequences=["t1ce", "flair"], **kw)
+    return small_feature_settings(sequences=["t1ce", "flair"], **kw)
 
 
 def _rewrite(path: Path, arr: np.ndarray, origin_shift: float = 0.0) -> None:
@@ -37,7 +32,7 @@ def _rewrite(path: Path, arr: np.ndarray, origin_shift: float = 0.0) -> None:
 def test_thin_and_tiny_habitats(tmp_path: Path) -> None:
     """A 1-voxel-thick slab is a valid PyRadiomics region (computed, equal to execute); a line is not
     (NaN + indicator, PyRadiomics' reason in the diagnostics); neither is a region below minimumROISize."""
-    subject = _write_subject(tmp_path, "thin")
+    subject = write_subject(tmp_path, "thin")
     seg = np.zeros((32, 32, 32), np.uint8)
     seg[10:22, 10:22, 10:22] = 2   # ED block
     seg[16, 12:20, 12:20] = 4      # ET: one slice thick, 64 voxels
@@ -53,12 +48,12 @@ def test_thin_and_tiny_habitats(tmp_path: Path) -> None:
     reference = reference_execute(zscore_in_brain(image, scale=100.0), mask, PARAMS)
     for name, ref in reference.items():
         col = f"ET_{name.removeprefix('original_')}" if "_shape_" in name else f"ET_t1ce_{name}"
-        assert _rel(features[col], ref) <= 1e-6 or (np.isnan(ref) and np.isnan(features[col])), col
+        assert rel(features[col], ref) <= 1e-6 or (np.isnan(ref) and np.isnan(features[col])), col
     ncr = {k: v for k, v in features.items() if k.startswith("NCR_") and not k.endswith(("_voxels", "_empty"))}
     assert features["NCR_voxels"] == 12 and features["NCR_empty"] == 1.0 and all(np.isnan(v) for v in ncr.values())
     assert features["TC_empty"] == 0.0  # NCR line + ET slab together span three dimensions
 
-    cohort = _cohort([subject])
+    cohort = cohort_of([subject])
     strict = _settings(params={**PARAMS, "setting": {**PARAMS["setting"], "minimumROISize": 100}})
     df = extract_cohort(cohort, strict, tmp_path / "cache", progress=False)
     assert df.loc["thin", "ET_empty"] == 1.0 and df.loc["thin", "ED_empty"] == 0.0
@@ -70,23 +65,23 @@ def test_thin_and_tiny_habitats(tmp_path: Path) -> None:
 
 def test_bad_files_fail_with_subject_and_file_named(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    good = _write_subject(data, "good", seed=7)
-    twin = _write_subject(data, "shift_ok", seed=7)       # same data, flair origin off by 5e-4 mm
+    good = write_subject(data, "good", seed=7)
+    twin = write_subject(data, "shift_ok", seed=7)       # same data, flair origin off by 5e-4 mm
     _rewrite(twin.images["flair"], sitk.GetArrayFromImage(sitk.ReadImage(str(twin.images["flair"]))), 5e-4)
-    moved = _write_subject(data, "shift_bad", seed=8)     # flair origin off by 0.5 mm
+    moved = write_subject(data, "shift_bad", seed=8)     # flair origin off by 0.5 mm
     _rewrite(moved.images["flair"], sitk.GetArrayFromImage(sitk.ReadImage(str(moved.images["flair"]))), 0.5)
-    nan = _write_subject(data, "nonfinite", seed=9)             # NaN inside the brain (ITK reads it as 0)
+    nan = write_subject(data, "nonfinite", seed=9)             # NaN inside the brain (ITK reads it as 0)
     arr = sitk.GetArrayFromImage(sitk.ReadImage(str(nan.images["flair"])))
     arr[16, 16, 16] = np.nan
     _rewrite(nan.images["flair"], arr)
-    label = _write_subject(data, "label3", seed=10)       # label 3 does not exist under brats2021
+    label = write_subject(data, "label3", seed=10)       # label 3 does not exist under brats2021
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(label.seg)))
     seg[seg == 1] = 3
     _rewrite(label.seg, seg)
 
     settings = _settings()
     cache = tmp_path / "cache"
-    df = extract_cohort(_cohort([good, twin, moved, nan, label]), settings, cache, n_jobs=2, progress=False)
+    df = extract_cohort(cohort_of([good, twin, moved, nan, label]), settings, cache, n_jobs=2, progress=False)
     assert list(df.index) == ["good", "shift_ok"]
     pd.testing.assert_series_equal(df.loc["good"], df.loc["shift_ok"], check_names=False)
     failures = df.attrs["failures"]

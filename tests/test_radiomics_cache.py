@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers.subjects import cohort_of, write_subject
 from radfusion.radiomics import engine
 from radfusion.radiomics.extract import extract_cohort
 from radfusion.radiomics.settings import FeatureSettings
-from test_radiomics import _cohort, _write_subject
 
 PARAMS = {
     "setting": {"binWidth": 25, "label": 1, "additionalInfo": False, "voxelArrayShift": 300},
@@ -36,7 +36,7 @@ def _settings(**kw) -> FeatureSettings:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    return _cohort([_write_subject(root, f"s{i}", seed=i, with_et=i != 1) for i in range(3)])
+    return cohort_of([write_subject(root, f"s{i}", seed=i, with_et=i != 1) for i in range(3)])
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +141,80 @@ def test_loky_and_dask_backends_give_the_serial_table(cohort, reference, tmp_pat
     pd.testing.assert_frame_equal(dask, reference)
     diag = pd.read_csv(tmp_path / "dask" / _settings().cache_key() / "diagnostics.csv")
     assert len(diag) == 6 and (diag["status"] == "computed").all() and diag["peak_rss_mb"].gt(0).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Key values and atomic writes (radfusion.cache)
+# --------------------------------------------------------------------------------------------
+
+#: Settings the pinned keys below are computed from (nothing else in these tests uses them, so the
+#: per-process plan memo cannot hold a plan built under another PyRadiomics version).
+PIN_PARAMS = {
+    "setting": {"binWidth": 20, "label": 1, "additionalInfo": False, "voxelArrayShift": 300},
+    "imageType": {"Original": {}, "LoG": {"sigma": [1.5]}},
+    "featureClass": {"shape": [], "firstorder": [], "glcm": []},
+}
+
+
+def test_cache_keys_keep_their_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every key below names folders or files of users' caches (feature tables, items, ROI tensors):
+    a changed value silently recomputes all of them. If this test fails, the hashing changed; only
+    update a literal when invalidating every existing cache is intended (and bump the schema
+    version that explains why). The values were computed with the code before the hashing moved into
+    radfusion.cache and again after. PyRadiomics' version enters the keys by design; it is pinned
+    here so that the test checks the formula, not the installed release."""
+    import radiomics
+
+    from radfusion.cache import file_sha1, files_sha1, settings_hash
+    from radfusion.imaging.roi import ROISettings
+    from radfusion.radiomics.pyrad import build_plan
+
+    monkeypatch.setattr(radiomics, "__version__", "v3.0.1")
+    image, seg = tmp_path / "image.nii.gz", tmp_path / "seg.nii.gz"
+    image.write_bytes(b"image-bytes\n")
+    seg.write_bytes(b"mask-bytes\n")
+    settings = FeatureSettings(params=copy.deepcopy(PIN_PARAMS), habitats=["ET", "WT"], sequences=["t1ce", "flair"])
+    plan = build_plan(settings.pyradiomics_params)
+
+    assert file_sha1(image) == "2a3374752ca945b4ffc93ab52f853aa482abdc5c"  # = `sha1sum`
+    assert files_sha1([image, None, seg]) == "79c4701dc19e3ebf13a1e1f60336d7432092aa23"
+    assert settings_hash({"b": 1, "a": [1, 2.5, None]}) == "780edc0d696d"
+    assert settings.cache_key() == "3b20ca5b38358e42fbf028a37d771beb848fa999"
+    ring = FeatureSettings(params=copy.deepcopy(PIN_PARAMS), habitats=["ET", "WT", "RING"], ring_mm=3.0)
+    assert ring.cache_key() == "2d02a96b341cfef8bb5027b58b7196f1f37f0fe1"
+    assert plan.prep_key == "f32b761c2e6a9c36"
+    assert [u.key for u in plan.units] == ["Original:8c034b496b81", "LoG:e3beb3a78f24"]
+    assert plan.shape_key == "shape:39e86396ec8c"
+    assert engine.prep_key(settings, plan) == "c9003d5b9f81a6d889b5"
+    assert engine.input_checksum([image, seg], "brats2021") == "c23cac90618c923665b54c0fd1bbda05da133106"
+    assert engine.input_checksum([None, seg], {"ET": [3]}) == "eaddf8e6045a839c0b6e1566b2e1891a43cf361d"
+    assert ROISettings().key() == "cd2ffbb51a78" and ROISettings(extent="fixed").key() == "7304197c9484"
+    # Settings that change only how the work is done stay out of the feature key.
+    fast = FeatureSettings(params=copy.deepcopy(PIN_PARAMS), habitats=["ET", "WT"], sequences=["t1ce", "flair"],
+                           n_jobs=4, memo_binning=False)
+    assert fast.cache_key() == settings.cache_key()
+
+
+def test_atomic_writes_replace_whole_or_leave_the_old_file(tmp_path: Path) -> None:
+    """A write that fails half-way leaves the previous file and no temporary; a successful one
+    replaces it. Temporaries are hidden and end in .tmp (+ the requested suffix), so the cache
+    globs (``*.json``, ``*.npy``) never see a stray one from a killed process."""
+    import numpy as np
+
+    from radfusion.cache import atomic_path, atomic_save_npy, atomic_write, atomic_write_text
+
+    target = tmp_path / "sub" / "item.json"
+    atomic_write_text(target, "old")  # creates the folder
+    with pytest.raises(RuntimeError), atomic_write(target) as f:
+        f.write("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old" and sorted(p.name for p in target.parent.iterdir()) == ["item.json"]
+    with atomic_path(target, suffix=".nii.gz") as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".item.json.") and tmp.name.endswith(".tmp.nii.gz")
+        assert not tmp.exists()  # the writer creates it (with the usual permissions, not mkstemp's 0600)
+        tmp.write_text("new")
+    assert target.read_text() == "new" and list(target.parent.glob("*.tmp*")) == []
+    atomic_save_npy(tmp_path / "a.npy", np.arange(3))
+    assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="mode"), atomic_write(target, "a"):
+        pass

@@ -11,31 +11,21 @@ import pytest
 import SimpleITK as sitk
 import yaml
 
+from helpers.paths import ROOT
+from helpers.radiomics import reference_execute, rel, small_feature_settings
+from helpers.subjects import write_subject
 from radfusion.cohort.habitats import ALL_HABITATS, RING, habitat_masks, peritumoral_ring
 from radfusion.imaging.preprocess import bounding_box, crop, load_preprocessed
-from radfusion.radiomics.extract import extract_region, extract_subject, feature_columns
+from radfusion.radiomics import engine
+from radfusion.radiomics.extract import extract_subject, feature_columns
+from radfusion.radiomics.pyrad import binning_memo
 from radfusion.radiomics.settings import FeatureSettings
-from test_radiomics import _rel, _write_subject
 
-ROOT = Path(__file__).resolve().parents[1]
 FILTER_PARAMS = {
     "setting": {"binWidth": 25, "label": 1, "additionalInfo": False, "voxelArrayShift": 300},
     "imageType": {"Original": {}, "LoG": {"sigma": [1.0, 2.0]}, "Wavelet": {}},
     "featureClass": {"shape": [], "firstorder": [], "glcm": [], "glszm": []},
 }
-
-
-def reference_execute(*args, **kwargs) -> dict[str, float]:
-    """Plain ``execute`` with PyRadiomics' own ``binImage`` (not the engine's memoised wrapper), so
-    that the reference shares nothing with the code under test."""
-    from radiomics import imageoperations
-
-    current = imageoperations.binImage
-    imageoperations.binImage = getattr(current, "__wrapped__", current)
-    try:
-        return extract_region(*args, **kwargs)
-    finally:
-        imageoperations.binImage = current
 
 
 def _mask(arr: np.ndarray, ref: sitk.Image) -> sitk.Image:
@@ -54,7 +44,7 @@ def _assert_close(features: dict, reference: dict, habitat: str, sequence: str, 
     bad = []
     for name, ref in reference.items():
         got = features[_column(habitat, sequence, name)]
-        if not (np.isnan(ref) and np.isnan(got)) and not _rel(got, ref) <= tol:
+        if not (np.isnan(ref) and np.isnan(got)) and not rel(got, ref) <= tol:
             bad.append(f"{habitat}/{sequence}/{name}: engine {got!r}, execute {ref!r}")
     assert not bad, "\n".join(bad[:20])
     return len(reference)
@@ -65,7 +55,7 @@ def test_shared_filtering_equals_execute_on_the_same_crop(tmp_path: Path, with_e
     """Each habitat (ring included) x sequence equals RadiomicsFeatureExtractor.execute on the same
     cropped image and habitat mask (filters included), and Original features equal a plain execute
     on the uncropped image. Without ET, TC = NCR: computed once, still equal to execute on TC."""
-    subject = _write_subject(tmp_path, "a", with_et=with_et)
+    subject = write_subject(tmp_path, "a", with_et=with_et)
     settings = FeatureSettings(params=copy.deepcopy(FILTER_PARAMS), habitats=list(ALL_HABITATS),
                                sequences=["t1ce", "flair"], crop_padding=3, ring_mm=3.0)
     features, diag = extract_subject(subject, settings)
@@ -101,7 +91,7 @@ def test_shared_filtering_equals_execute_on_the_same_crop(tmp_path: Path, with_e
 def test_pyradiomics_normalize_from_params_file_equals_execute_on_raw_files(tmp_path: Path) -> None:
     """A user's PyRadiomics YAML (normalize, bin count, its own label) is used as-is; with radfusion's
     preprocessing off, Original features equal a plain execute on the original files."""
-    subject = _write_subject(tmp_path, "a", seed=3)
+    subject = write_subject(tmp_path, "a", seed=3)
     params = {"setting": {"normalize": True, "normalizeScale": 100, "binCount": 16, "label": 2,
                           "voxelArrayShift": 300},
               "imageType": {"Original": {}},
@@ -126,7 +116,7 @@ def test_pyradiomics_resampling_runs_once_on_the_crop(tmp_path: Path) -> None:
     habitat then equals execute on that resampled crop and the habitat mask on its grid."""
     from radiomics import imageoperations
 
-    subject = _write_subject(tmp_path, "a", seed=5)
+    subject = write_subject(tmp_path, "a", seed=5)
     params = {"setting": {"binWidth": 25, "resampledPixelSpacing": [2, 2, 2], "interpolator": "sitkBSpline",
                           "voxelArrayShift": 300},
               "imageType": {"Original": {}, "LoG": {"sigma": [2.0]}},
@@ -174,7 +164,7 @@ def test_peritumoral_ring_matches_brute_force_distances() -> None:
 
 def test_full_config_gives_the_issue_feature_set() -> None:
     """configs/features/full.yaml: 6 habitats x 4 sequences x (Original + LoG 1/3/5 mm + 8 wavelet bands)."""
-    from conftest import compose_train_cfg
+    from helpers.config import compose_train_cfg
 
     settings = FeatureSettings.from_config(compose_train_cfg(["features=full"]).features)
     default = FeatureSettings.from_config(compose_train_cfg([]).features)
@@ -206,3 +196,73 @@ def test_settings_validation_and_bin_count_from_config() -> None:
     with pytest.raises(ValueError, match="unknown feature setting"):
         FeatureSettings.from_config({"bin_width": 10})
     assert FeatureSettings(n_jobs=4, backend="dask").cache_key() == FeatureSettings().cache_key()
+    assert settings.memo_binning is True  # on in configs/features/default.yaml
+    with pytest.raises(ValueError, match="memo_binning"):
+        FeatureSettings(memo_binning="no")  # a string would be truthy: refused
+
+
+def test_binning_memo_is_scoped_to_each_item_and_changes_no_value(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memo wraps PyRadiomics' ``binImage`` only while the engine computes an item: afterwards
+    the very function that was there before is back (a user's own PyRadiomics calls in the same
+    process never run through it). It does save binning work, and features are identical with
+    ``memo_binning`` on and off."""
+    from radiomics import imageoperations
+
+    pyradiomics_own = imageoperations.binImage
+    assert not getattr(pyradiomics_own, "radfusion_memo", False), "an earlier test left the memo installed"
+    calls: list[int] = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return pyradiomics_own(*args, **kwargs)
+
+    monkeypatch.setattr(imageoperations, "binImage", counted)
+    wrapped_during_item: list[bool] = []
+    real_entries = engine.compute_entries
+
+    def entries(image, masks, *args, **kwargs):
+        if set(masks) != {"T"}:  # not the column-name phantom (it runs outside any item)
+            wrapped_during_item.append(getattr(imageoperations.binImage, "radfusion_memo", False))
+        return real_entries(image, masks, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "compute_entries", entries)
+    subject = write_subject(tmp_path, "a", seed=2)
+    features, n_calls = {}, {}
+    for memo in (True, False):
+        calls.clear()
+        wrapped_during_item.clear()
+        settings = small_feature_settings(sequences=["t1ce", "flair"], memo_binning=memo)
+        features[memo], _ = extract_subject(subject, settings)
+        assert imageoperations.binImage is counted  # restored: the identical function object
+        assert wrapped_during_item == [memo, memo]  # one item per sequence, memo exactly as asked
+        n_calls[memo] = len(calls)
+    assert 0 < n_calls[True] < n_calls[False]  # repeated binnings were served from the memo
+    assert list(features[True]) == list(features[False])
+    np.testing.assert_array_equal(np.array(list(features[True].values())), np.array(list(features[False].values())))
+
+
+def test_binning_memo_nests_restores_on_error_and_returns_pyradiomics_values() -> None:
+    from radiomics import imageoperations
+
+    own = imageoperations.binImage
+    rng = np.random.default_rng(0)
+    image, mask = rng.normal(0.0, 100.0, (6, 7, 8)), rng.random((6, 7, 8)) > 0.4
+    expected, expected_edges = own(image.copy(), mask, binWidth=25)
+    with binning_memo():
+        outer = imageoperations.binImage
+        assert outer is not own and outer.__wrapped__ is own
+        with binning_memo():  # nested (or another thread's item): the same wrapper, kept until the last exit
+            assert imageoperations.binImage is outer
+        assert imageoperations.binImage is outer
+        first, _ = imageoperations.binImage(image, mask, binWidth=25)
+        first[...] = -1  # a caller editing its result must not change what the memo returns next
+        second, edges = imageoperations.binImage(image, mask, binWidth=25)
+    assert imageoperations.binImage is own
+    np.testing.assert_array_equal(second, expected)
+    np.testing.assert_array_equal(edges, expected_edges)
+    with pytest.raises(RuntimeError, match="boom"), binning_memo():
+        raise RuntimeError("boom")
+    assert imageoperations.binImage is own
+    with binning_memo(enabled=False):
+        assert imageoperations.binImage is own

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from helpers.subjects import write_subject
 from radfusion.cohort.habitats import HABITATS, habitat_masks
 from radfusion.cohort.readers import (
     convention_from_dataset_json,
@@ -24,7 +25,6 @@ from radfusion.cohort.subject import SEQUENCES, CohortError
 from radfusion.cohort.validate import validate_cohort
 from radfusion.radiomics.extract import extract_cohort
 from radfusion.radiomics.settings import FeatureSettings
-from test_radiomics import _write_subject
 
 PARAMS = {"setting": {"binWidth": 25, "label": 1, "additionalInfo": False},
           "imageType": {"Original": {}}, "featureClass": {"shape": [], "firstorder": []}}
@@ -42,7 +42,7 @@ def layouts(tmp_path_factory) -> dict[str, Path]:
     b21, b23, nn = root / "brats2021", root / "brats2023", root / "Dataset137_BraTS2021"
     ids = ["BraTS-GLI-00001-000", "BraTS-GLI-00002-000"]
     for i, sid in enumerate(ids):
-        subject = _write_subject(b21, sid, seed=i, with_et=True)
+        subject = write_subject(b21, sid, seed=i, with_et=True)
         (b23 / sid).mkdir(parents=True)
         sep = "-" if i == 0 else "_"  # both spellings occur in redistributed copies
         for seq, suffix in BRATS2023.items():

@@ -14,10 +14,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from sklearn.metrics import f1_score
 
+from helpers.config import compose_config
 from radfusion.cohort.readers import read_manifest
 from radfusion.cohort.subject import Cohort
 from radfusion.cohort.validate import validate_cohort
@@ -33,7 +32,6 @@ from radfusion.segmentation.quality import dice, family_summary, feature_change,
 from radfusion.segmentation.run import PROVENANCE_COLUMNS, run_segmentation, segment_manifest
 from radfusion.synthetic.toy_nnunet import build_network, tiny_plans, train_toy_model, write_model_folder
 
-ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN = 12
 TOY = {"steps": 40, "patch_size": (24, 24, 24), "features": (4, 8, 16)}
 DATASET = {"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"},
@@ -62,9 +60,7 @@ def _manifest_without_masks(tiny_cohort: Path, out: Path, held_out: list[int]) -
 
 
 def _segment_cfg(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="segment.yaml", overrides=overrides)
+    return compose_config("segment.yaml", overrides)
 
 
 def test_segment_fills_missing_masks_with_provenance(tiny_cohort, toy_model, tmp_path):
@@ -124,6 +120,24 @@ def test_segment_fills_missing_masks_with_provenance(tiny_cohort, toy_model, tmp
     segmenter = NNUNetSegmenter(toy_model, device="cpu", use_mirroring=False)
     again = segment_manifest(manifest, segmenter, progress=False)
     assert [again.status[table.at[i, "subject_id"]] for i in held_out[:3]] == ["reused"] * 3
+
+
+def test_segment_reads_any_cohort_block_like_train(tiny_cohort, toy_model, tmp_path):
+    """A non-manifest cohort (here the synthetic one, pointed at the session's tiny cohort) is read by the
+    shared cohort_from_config; its rows become a new manifest, given masks untouched."""
+    from helpers.config import TINY
+
+    shape = ",".join(map(str, TINY["shape"]))
+    cfg = _segment_cfg(["cohort=synthetic", f"cohort.path={tiny_cohort.parent}",
+                        f"cohort.synthetic.n_subjects={TINY['n_subjects']}", f"cohort.synthetic.shape=[{shape}]",
+                        f"cohort.synthetic.seed={TINY['seed']}", f"cohort.synthetic.n_sites={TINY['n_sites']}",
+                        f"model.folder={toy_model}", "device=cpu", f"output_dir={tmp_path / 'run'}", "progress=false"])
+    run = run_segmentation(cfg)
+    assert run.manifest == tmp_path / "run" / "manifest.csv"
+    assert set(run.status.values()) == {"given"} and len(run.status) == TINY["n_subjects"]
+    written = read_manifest(run.manifest)
+    assert written.ids == read_manifest(tiny_cohort).ids
+    assert all(s.seg is not None and s.seg.is_file() for s in written.subjects)
 
 
 def test_masks_are_nnunets_prediction_converted(tiny_cohort, toy_model):

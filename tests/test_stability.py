@@ -9,10 +9,9 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
+from helpers.paths import ROOT
 from radfusion.features.processor import FeatureProcessor
 from radfusion.radiomics.stability import icc_anova, icc_table, perturb_labels, read_icc_table
-
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 #: Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges; their Table 4 gives the ICCs.
 SHROUT_FLEISS = np.array([[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]])

@@ -7,24 +7,20 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.config import tiny_data_overrides
+from helpers.paths import ROOT
 
 
 @pytest.mark.slow
 def test_optuna_sweep_frozen_encoder(tiny_cohort, tmp_path):
-    cohort_dir = tiny_cohort.parent
     overrides = [
         "hparams_search=idh_optuna", "experiment=idh_hybrid", "model.encoder.frozen=true",
         "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2", "hydra.launcher.n_jobs=1",
-        f"data.cohort.path={cohort_dir}", "data.synthetic.n_subjects=20", "data.synthetic.shape=[40,40,40]",
-        "data.synthetic.seed=4", "data.synthetic.n_sites=2", "data.split.val_fraction=0.25",
-        "data.split.test_fraction=0.25", "data.roi.size=16", "data.roi.min_extent_mm=12", "data.n_jobs=1",
-        "data.progress=false", "features.params.featureClass={shape: null, firstorder: null}",
+        *tiny_data_overrides(tiny_cohort.parent), "features.params.featureClass={shape: null, firstorder: null}",
         "model.encoder.block_inplanes=[4,8,8,16]", f"paths.root_dir={tmp_path}", "logger=csv",
         "trainer.max_epochs=3", "+trainer.enable_progress_bar=false", "n_bootstrap=50", "threads=1",
     ]
@@ -41,11 +37,13 @@ def test_optuna_sweep_frozen_encoder(tiny_cohort, tmp_path):
     # Optuna maximised what main() returned: the best trial's val/auc_best
     assert result["best_value"] == pytest.approx(max(values))
     assert set(result["best_params"]) == {"model.optimizer.lr", "model.optimizer.weight_decay",
-                                          "model.fusion.dropout", "model.fusion.kind",
+                                          "model.fusion.dropout", "model/fusion",
                                           "model.fusion.modality_dropout", "model.fusion.image_hidden"}
     # each trial used the sampled values (the resolved config of the run records them)
-    kinds = {yaml.safe_load((t / "config_resolved.yaml").read_text())["model"]["fusion"]["kind"] for t in trials}
-    assert kinds <= {"concat", "gated", "attention"}
+    # (the fusion is a config group: the trial's model.fusion.fuser is the chosen configs/model/fusion/ block)
+    fusers = {yaml.safe_load((t / "config_resolved.yaml").read_text())["model"]["fusion"]["fuser"]["_target_"]
+              for t in trials}
+    assert fusers <= {f"radfusion.models.fusion.{c}" for c in ("ConcatFusion", "GatedFusion", "CrossAttentionFusion")}
 
     # trials after the first reuse the process's validated cohort (data.reuse_in_process in idh_optuna)
     reused = ["reuse_in_process: reusing" in (t / "train.log").read_text() for t in trials]

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from helpers.config import tiny_data_overrides
+from helpers.paths import ROOT
 from radfusion.training.run import train
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -50,12 +50,8 @@ def test_train_each_mode_writes_a_complete_run(cfg_factory, mode):
 @pytest.mark.slow
 def test_train_cli_multirun_all_three_modes(tiny_cohort, tmp_path):
     """`python train.py -m experiment=...` through a subprocess, then evaluate.py over the sweep."""
-    cohort_dir = tiny_cohort.parent
     common = [
-        f"data.cohort.path={cohort_dir}", "data.synthetic.n_subjects=20", "data.synthetic.shape=[40,40,40]",
-        "data.synthetic.seed=4", "data.synthetic.n_sites=2", "data.split.val_fraction=0.25",
-        "data.split.test_fraction=0.25", "data.roi.size=16", "data.roi.min_extent_mm=12", "data.n_jobs=1",
-        "data.progress=false", "~features.params.featureClass",
+        *tiny_data_overrides(tiny_cohort.parent), "~features.params.featureClass",
         "+features.params.featureClass={shape: null, firstorder: null}",
         f"paths.root_dir={tmp_path}", "logger=csv", "trainer.max_epochs=1", "n_bootstrap=50",
     ]

@@ -1,51 +1,94 @@
-"""Classical estimators behind the baselines, built from a config's ``params``.
+"""The estimators behind the baselines, and how a config builds one.
 
-Every factory returns an unfitted scikit-learn / scikit-survival estimator. ``params`` from the
-config override the defaults below (which are sized for ~50-500 subjects and standardised radiomics).
+A baseline config (``configs/model/baseline_*.yaml``) names its estimator as a ``_target_`` block,
+``estimator: {_target_: sklearn.ensemble.RandomForestClassifier, n_estimators: 500, ...}``, so a new
+baseline is a YAML: any scikit-learn classifier (marker baselines) or scikit-survival model (survival
+baselines; risk = ``predict``) works. :func:`build_estimator` instantiates it. Two estimators here fill
+gaps: :class:`CalibratedSVC` (an SVM with Platt-scaled probabilities) and :class:`RidgeCoxPH` (ridge
+Cox fitted in the row space of X when features outnumber subjects).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Mapping
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, ClassifierMixin, is_classifier
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
-from sksurv.ensemble import RandomSurvivalForest
-from sksurv.linear_model import CoxnetSurvivalAnalysis, CoxPHSurvivalAnalysis
+from sksurv.linear_model import CoxPHSurvivalAnalysis
+
+#: Keys of an estimator block that are Hydra's, not the estimator's.
+HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
 
 
-def _lr_l1(params: dict, seed: int, n_min_class: int) -> BaseEstimator:
-    # liblinear: exact, deterministic L1 path for small n (saga needs many iterations to converge).
-    kw = {"C": 1.0, "l1_ratio": 1.0, "solver": "liblinear", "class_weight": "balanced", "max_iter": 5000,
-          "random_state": seed, **params}
-    return LogisticRegression(**kw)
+def build_estimator(spec: Mapping, **params) -> BaseEstimator:
+    """An unfitted estimator from a ``{_target_: ..., **kwargs}`` block; ``params`` are then set with
+    scikit-learn's ``set_params`` (so grid keys may address nested estimators, ``step__param``)."""
+    from hydra.utils import instantiate
+
+    if not isinstance(spec, Mapping) or "_target_" not in spec:
+        raise ValueError(f"an estimator block needs a _target_ (e.g. sklearn.linear_model.LogisticRegression), "
+                         f"got {spec!r}")
+    model = instantiate(dict(spec), _convert_="all")
+    if isinstance(model, functools.partial):  # `_partial_: true` blocks: nothing is left to bind
+        model = model()
+    if not hasattr(model, "fit") or not hasattr(model, "set_params"):
+        raise ValueError(f"{spec['_target_']} is not a scikit-learn style estimator (fit / set_params)")
+    return model.set_params(**params) if params else model
 
 
-def _lr_l2(params: dict, seed: int, n_min_class: int) -> BaseEstimator:
-    kw = {"C": 1.0, "l1_ratio": 0.0, "solver": "lbfgs", "class_weight": "balanced", "max_iter": 5000,
-          "random_state": seed, **params}
-    return LogisticRegression(**kw)
+def estimator_params(spec: Mapping) -> dict:
+    """The estimator keyword arguments of a block (its Hydra keys left out)."""
+    return {k: v for k, v in spec.items() if k not in HYDRA_KEYS}
 
 
-def _rf(params: dict, seed: int, n_min_class: int) -> BaseEstimator:
-    kw = {"n_estimators": 500, "min_samples_leaf": 2, "max_features": "sqrt",
-          "class_weight": "balanced_subsample", "n_jobs": 1, "random_state": seed, **params}
-    return RandomForestClassifier(**kw)
+def predicts_markers(model: BaseEstimator) -> bool:
+    """True for a classifier (a marker baseline), False for a survival model."""
+    return bool(is_classifier(model))
 
 
-def _svm(params: dict, seed: int, n_min_class: int) -> BaseEstimator:
-    # SVC(probability=True) is deprecated in scikit-learn 1.9; its documented replacement is Platt
-    # scaling in CalibratedClassifierCV(ensemble=False): the SVC is refitted on all training rows and
-    # the sigmoid is fitted on out-of-fold decision values, so probabilities are not in-sample.
-    params = dict(params)
-    cv = int(params.pop("calibration_cv", 5))
-    cv = max(2, min(cv, n_min_class))
-    kw = {"kernel": "rbf", "C": 1.0, "gamma": "scale", "class_weight": "balanced", "random_state": seed, **params}
-    return CalibratedClassifierCV(SVC(**kw), method="sigmoid", cv=cv, ensemble=False)
+class CalibratedSVC(ClassifierMixin, BaseEstimator):
+    """An SVC whose probabilities come from Platt scaling on out-of-fold decision values.
+
+    ``SVC(probability=True)`` is deprecated in scikit-learn 1.9; its documented replacement is
+    ``CalibratedClassifierCV(SVC(...), method="sigmoid", cv=k, ensemble=False)``: the SVC is refitted
+    on all training rows and the sigmoid is fitted on out-of-fold decision values, so probabilities are
+    not in-sample. ``k`` is ``calibration_cv`` capped by the smaller training class (at least 2), decided
+    at ``fit`` from the labels it is given.
+
+    Attributes: ``model_`` the fitted ``CalibratedClassifierCV``; ``classes_``; ``calibration_cv_`` the k used.
+    """
+
+    def __init__(self, kernel: str = "rbf", C: float = 1.0, gamma: str | float = "scale", degree: int = 3,
+                 coef0: float = 0.0, class_weight: str | dict | None = None, random_state: int | None = None,
+                 calibration_cv: int = 5) -> None:
+        self.kernel = kernel
+        self.C = C
+        self.gamma = gamma
+        self.degree = degree
+        self.coef0 = coef0
+        self.class_weight = class_weight
+        self.random_state = random_state
+        self.calibration_cv = calibration_cv
+
+    def fit(self, X, y) -> CalibratedSVC:
+        _, counts = np.unique(np.asarray(y), return_counts=True)
+        self.calibration_cv_ = max(2, min(int(self.calibration_cv), int(counts.min())))
+        svc = SVC(kernel=self.kernel, C=self.C, gamma=self.gamma, degree=self.degree, coef0=self.coef0,
+                  class_weight=self.class_weight, random_state=self.random_state)
+        self.model_ = CalibratedClassifierCV(svc, method="sigmoid", cv=self.calibration_cv_, ensemble=False)
+        self.model_.fit(X, y)
+        self.classes_ = self.model_.classes_
+        self.n_features_in_ = self.model_.n_features_in_
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        return self.model_.predict_proba(X)
+
+    def predict(self, X) -> np.ndarray:
+        return self.model_.predict(X)
 
 
 class RidgeCoxPH(BaseEstimator):
@@ -84,41 +127,6 @@ class RidgeCoxPH(BaseEstimator):
     def predict(self, X) -> np.ndarray:
         """Risk score ``X @ coef_`` (higher = higher hazard), as sksurv's ``predict``."""
         return np.asarray(X, dtype=np.float64) @ self.coef_
-
-
-def _coxph(params: dict, seed: int, n_min_class: int) -> BaseEstimator:
-    # Ridge penalty (alpha > 0): with more features than events an unpenalised Cox fit diverges.
-    kw = {"alpha": 1.0, "ties": "efron", "n_iter": 100, **params}
-    return RidgeCoxPH(**kw)
-
-
-def _coxnet(params: dict, seed: int, n_min_class: int) -> BaseEstimator:
-    kw = {"l1_ratio": 0.5, "n_alphas": 50, "alpha_min_ratio": 0.01, "max_iter": 100000, **params}
-    return CoxnetSurvivalAnalysis(**kw)
-
-
-def _rsf(params: dict, seed: int, n_min_class: int) -> BaseEstimator:
-    kw = {"n_estimators": 300, "min_samples_leaf": 3, "max_features": "sqrt", "n_jobs": 1,
-          "random_state": seed, **params}
-    return RandomSurvivalForest(**kw)
-
-
-#: Marker classifiers: ``kind -> factory(params, seed, n_min_class)``.
-CLASSIFIERS: dict[str, Callable[..., BaseEstimator]] = {"lr_l1": _lr_l1, "lr_l2": _lr_l2, "rf": _rf, "svm": _svm}
-#: Survival models (risk = ``predict``; higher = higher hazard).
-SURVIVAL_MODELS: dict[str, Callable[..., BaseEstimator]] = {"coxph": _coxph, "coxnet": _coxnet, "rsf": _rsf}
-BASELINES: tuple[str, ...] = (*CLASSIFIERS, *SURVIVAL_MODELS)
-
-
-def make_estimator(kind: str, params: dict | None = None, seed: int = 0, n_min_class: int = 5) -> BaseEstimator:
-    """An unfitted estimator of ``kind`` (one of :data:`BASELINES`) with ``params`` overriding defaults.
-
-    ``n_min_class`` (size of the smaller training class) caps the SVM's calibration folds.
-    """
-    factories = {**CLASSIFIERS, **SURVIVAL_MODELS}
-    if kind not in factories:
-        raise ValueError(f"unknown baseline {kind!r}; choose one of {list(BASELINES)}")
-    return factories[kind](dict(params or {}), int(seed), int(n_min_class))
 
 
 def positive_probability(model: BaseEstimator, X: np.ndarray) -> np.ndarray:

@@ -1,5 +1,7 @@
 """``run_baseline(model_cfg, dm)``: a classical model on the datamodule's splits and fitted features.
 
+The model is the config's ``estimator`` block (a ``_target_``: any scikit-learn classifier for marker
+baselines, any scikit-survival model for survival baselines; see :mod:`radfusion.baselines.estimators`).
 The datamodule has already split the subjects and fitted the radiomics pipeline (imputation,
 filtering, scaling) on the training subjects; baselines read ``dm.radiomics[split]`` and therefore
 see exactly the features the Lightning modes see. Models are fitted on training rows with a known
@@ -27,13 +29,7 @@ from sklearn.model_selection import ParameterGrid
 from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
 
-from radfusion.baselines.estimators import (
-    BASELINES,
-    CLASSIFIERS,
-    SURVIVAL_MODELS,
-    make_estimator,
-    positive_probability,
-)
+from radfusion.baselines.estimators import build_estimator, estimator_params, positive_probability, predicts_markers
 from radfusion.data.splits import SPLITS
 
 log = logging.getLogger(__name__)
@@ -63,10 +59,10 @@ def _features(dm) -> dict[str, np.ndarray]:
     return X
 
 
-def _val_score(kind: str, model: BaseEstimator, X: np.ndarray, y, **predict_kw) -> float | None:
+def _val_score(markers: bool, model: BaseEstimator, X: np.ndarray, y, **predict_kw) -> float | None:
     """Validation AUC / Harrell's C; None when undefined (e.g. no comparable pair)."""
     try:
-        if kind in CLASSIFIERS:
+        if markers:
             value = float(roc_auc_score(y, positive_probability(model, X)))
         else:
             value = float(concordance_index_censored(y["event"], y["time"], model.predict(X, **predict_kw))[0])
@@ -75,49 +71,53 @@ def _val_score(kind: str, model: BaseEstimator, X: np.ndarray, y, **predict_kw) 
     return value if np.isfinite(value) else None
 
 
-def _val_usable(kind: str, y) -> bool:
+def _val_usable(markers: bool, y) -> bool:
     if y is None or len(y) < 2:
         return False
-    if kind in CLASSIFIERS:
+    if markers:
         return len(np.unique(y)) == 2
     return int(np.sum(y["event"])) >= 1 and len(np.unique(y["time"])) > 1
 
 
-def _fit_select(kind: str, cfg: dict, X_train, y_train, X_val, y_val, what: str, n_min_class: int = 5):
+def _fit_select(kind: str, cfg: dict, markers: bool, X_train, y_train, X_val, y_val, what: str):
     """Fit on train (each grid point if a grid is given) and keep the best validation score.
 
-    Returns ``(model, chosen_params, scores, predict_kw)``; ``predict_kw`` carries Coxnet's alpha.
+    ``kind`` names the baseline in messages; ``markers`` says whether the estimator is a classifier.
+    With ``alpha_path: true`` (Coxnet) one fit holds a whole regularisation path (``alphas_``) and
+    ``predict(X, alpha=...)`` scores any point on it: alpha is chosen along the path.
+    Returns ``(model, chosen_params, scores, predict_kw)``; ``predict_kw`` carries that alpha.
     """
-    seed = int(cfg.get("seed", 0))
-    params = dict(cfg.get("params") or {})
+    spec = cfg["estimator"]
+    params = estimator_params(spec)
     grid = {k: list(v) for k, v in (cfg.get("grid") or {}).items()}
-    usable = _val_usable(kind, y_val)
-    if (grid or kind == "coxnet") and not usable:
+    alpha_path = bool(cfg.get("alpha_path", False))
+    usable = _val_usable(markers, y_val)
+    if (grid or alpha_path) and not usable:
         log.warning("baseline %s (%s): the validation split cannot score a choice (too few labelled "
                     "subjects / classes / events); using the configured params without selection", kind, what)
         grid = {}
-    candidates = [{**params, **g} for g in ParameterGrid(grid)] if grid else [params]
+    points = list(ParameterGrid(grid)) if grid else [{}]
     best, scores = None, []
-    for cand in candidates:
-        model = make_estimator(kind, cand, seed, n_min_class)
+    for point in points:
+        cand = {**params, **point}
+        model = build_estimator(spec, **point)
         caught = _fit_quietly(model, X_train, y_train, kind, what)
         if caught is not None:  # a grid point that cannot be fitted (e.g. Cox diverges at small alpha)
-            if len(candidates) == 1:
+            if len(points) == 1:
                 raise caught
             scores.append({"params": _jsonable(cand), "score": None, "error": str(caught)})
             continue
-        if kind == "coxnet" and usable:
-            # One Coxnet fit gives the whole regularisation path; choose alpha along it.
+        if alpha_path and usable:
             path = [float(a) for a in model.alphas_]
-            path_scores = [_val_score(kind, model, X_val, y_val, alpha=a) for a in path]
+            path_scores = [_val_score(markers, model, X_val, y_val, alpha=a) for a in path]
             valid = [j for j, v in enumerate(path_scores) if v is not None]
             i = max(valid, key=lambda j: path_scores[j]) if valid else len(path) // 2
             kw, score = {"alpha": path[i]}, path_scores[i]
-        elif kind == "coxnet":
+        elif alpha_path:
             alpha = cfg.get("alpha")
             kw, score = {"alpha": float(alpha) if alpha is not None else float(np.median(model.alphas_))}, None
         else:
-            kw, score = {}, (_val_score(kind, model, X_val, y_val) if usable and len(candidates) > 1 else None)
+            kw, score = {}, (_val_score(markers, model, X_val, y_val) if usable and len(points) > 1 else None)
         scores.append({"params": _jsonable({**cand, **kw}), "score": score})
         if best is None or (score is not None and (best[3] is None or score > best[3])):
             best = (model, {**cand, **kw}, kw, score)
@@ -126,7 +126,7 @@ def _fit_select(kind: str, cfg: dict, X_train, y_train, X_val, y_val, what: str,
     model, chosen, kw, _ = best
     if len(scores) > 1:
         log.info("baseline %s (%s): chose %s by validation %s", kind, what, _jsonable(chosen),
-                 "AUC" if kind in CLASSIFIERS else "C-index")
+                 "AUC" if markers else "C-index")
     return model, _jsonable(chosen), scores, kw
 
 
@@ -163,7 +163,7 @@ def _marker_predictions(kind: str, cfg: dict, dm, X: dict, out: dict, info: dict
             raise BaselineError(f"marker {marker!r}: labels must be 0/1/NaN; train subject "
                                 f"{dm.splits['train'][int(np.argmax(bad))]} has {y['train'][bad][0]}")
         known = ~np.isnan(y["train"])
-        classes, counts = np.unique(y["train"][known], return_counts=True)
+        classes = np.unique(y["train"][known])
         if len(classes) < 2:
             raise BaselineError(
                 f"marker {marker!r}: the train split has {int(known.sum())} labelled subjects, "
@@ -171,8 +171,8 @@ def _marker_predictions(kind: str, cfg: dict, dm, X: dict, out: dict, info: dict
                 "classes. Add subjects, change data.split, or drop the marker from data.targets")
         vk = ~np.isnan(y["val"])
         model, chosen, scores, _ = _fit_select(
-            kind, cfg, X["train"][known], y["train"][known].astype(int), X["val"][vk],
-            y["val"][vk].astype(int), marker, n_min_class=int(counts.min()))
+            kind, cfg, True, X["train"][known], y["train"][known].astype(int), X["val"][vk],
+            y["val"][vk].astype(int), marker)
         info["chosen"][marker], info["val_scores"][marker] = chosen, scores
         info["n_train"][marker] = int(known.sum())
         for s in SPLITS:
@@ -214,7 +214,7 @@ def _survival_predictions(kind: str, cfg: dict, dm, X: dict, out: dict, info: di
                             "Cox model). Add subjects or change data.split")
     if n_ev == int(known["train"].sum()):
         log.warning("survival: every training subject has an event (no censoring)")
-    model, chosen, scores, kw = _fit_select(kind, cfg, X["train"][known["train"]], ys["train"],
+    model, chosen, scores, kw = _fit_select(kind, cfg, False, X["train"][known["train"]], ys["train"],
                                             X["val"][known["val"]], ys["val"], "survival")
     info["chosen"]["survival"], info["val_scores"]["survival"] = chosen, scores
     info["n_train"]["survival"], info["n_events_train"] = int(known["train"].sum()), n_ev
@@ -227,9 +227,11 @@ def run_baseline(model_cfg: dict, dm) -> pd.DataFrame:
     """Fit one classical baseline and predict every subject of every split.
 
     Args:
-        model_cfg: ``{baseline: lr_l1|lr_l2|rf|svm|coxph|coxnet|rsf, params: {...estimator kwargs},
-            grid: {param: [values]} (optional; chosen by validation AUC / C-index), seed: int,
-            alpha: float (Coxnet only, used when the validation split cannot choose)}``.
+        model_cfg: a ``configs/model/baseline_*.yaml`` block: ``{baseline: <name>, estimator: {_target_:
+            <class or factory>, **kwargs} (a classifier → one model per marker; otherwise a survival
+            model), grid: {param: [values]} (optional; chosen by validation AUC / C-index; values are
+            set with ``set_params``), alpha_path: bool (Coxnet: choose alpha along the fitted path),
+            alpha: float (used when the validation split cannot choose along the path)}``.
         dm: a set-up datamodule with ``ids, targets, labels (N, T), survival (DataFrame os_days,
             os_event), splits, radiomics (split -> (n_split, F)), fold``.
 
@@ -242,19 +244,21 @@ def run_baseline(model_cfg: dict, dm) -> pd.DataFrame:
             non-positive times, misaligned features — before anything is fitted for that target.
     """
     cfg = dict(model_cfg)
-    kind = cfg.get("baseline")
-    if kind not in BASELINES:
-        raise BaselineError(f"model.baseline must be one of {list(BASELINES)}, got {kind!r}")
+    kind = str(cfg.get("baseline") or "baseline")
+    try:
+        markers = predicts_markers(build_estimator(cfg.get("estimator")))
+    except Exception as err:  # noqa: BLE001 - a bad block (no/unknown _target_, bad kwargs) is one clear error
+        raise BaselineError(f"baseline {kind}: model.estimator must be a {{_target_: ...}} block of a "
+                            f"scikit-learn / scikit-survival estimator (configs/model/baseline_*.yaml): {err}") from err
     X = _features(dm)
     out = {s: {"subject_id": list(dm.splits[s]), "split": s, "fold": int(getattr(dm, "fold", 0))} for s in SPLITS}
     info = {"kind": kind, "chosen": {}, "val_scores": {}, "n_train": {}, "n_features": int(X["train"].shape[1])}
-    if kind in CLASSIFIERS:
+    if markers:
         if not list(dm.targets):
             raise BaselineError(f"baseline {kind} predicts markers but data.targets is empty; "
                                 "use a survival baseline (coxph, coxnet, rsf) or set data.targets")
         _marker_predictions(kind, cfg, dm, X, out, info)
     else:
-        assert kind in SURVIVAL_MODELS
         _survival_predictions(kind, cfg, dm, X, out, info)
     table = pd.concat([pd.DataFrame(out[s]) for s in SPLITS], ignore_index=True)
     table.attrs["baseline"] = info

@@ -16,6 +16,10 @@ import SimpleITK as sitk
 #: The four MRI sequences, in channel order.
 SEQUENCES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 
+#: Default image/mask geometry tolerance (mm for spacing/origin, unitless for direction cosines);
+#: ``data.cohort.geometry_tolerance`` overrides it.
+GEOMETRY_TOLERANCE: float = 1e-3
+
 
 class CohortError(ValueError):
     """A problem with the input cohort. The message names the subject and the file."""
@@ -40,12 +44,19 @@ class Subject:
 
 @dataclass
 class Cohort:
-    """A list of subjects plus their clinical table (index ``subject_id``)."""
+    """A list of subjects plus their clinical table (index ``subject_id``).
+
+    ``geometry_tolerance`` is the image/mask tolerance the cohort was validated with
+    (:func:`radfusion.cohort.validate.validate_cohort` sets it); every later read of its files uses it,
+    so a subject accepted by validation is not refused by the extraction. It changes which subjects
+    are accepted, never a value, so it is part of no cache key.
+    """
 
     subjects: list[Subject]
     clinical: pd.DataFrame
     label_convention: str | dict = "brats2021"
     root: Path | None = None
+    geometry_tolerance: float = GEOMETRY_TOLERANCE
 
     def __len__(self) -> int:
         return len(self.subjects)

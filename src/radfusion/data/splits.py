@@ -6,7 +6,6 @@ Subjects are the unit: all rows (timepoints) of one subject land in the same spl
 
 Two entry points:
 
-- :func:`load_or_make_splits`: one stratified train/val/test hold-out (the walking skeleton's).
 - :func:`load_or_make_fold` / :func:`load_or_make_folds`: a validation protocol — hold-out,
   repeated stratified k-fold, or site-held-out external validation (leave-one-site-out or named
   sites), optionally with inner folds for nested CV — all at patient level via ``groups``. The
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
-from radfusion.cache import settings_hash
+from radfusion.cache import atomic_write_text, settings_hash
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +36,7 @@ def _strata(labels: Sequence[float]) -> np.ndarray:
 
     A stratum with a single subject cannot be stratified; it joins the largest stratum.
     """
-    strata = np.array(["missing" if (lab is None or np.isnan(lab)) else str(int(lab)) for lab in labels])
-    values, counts = np.unique(strata, return_counts=True)
-    largest = values[np.argmax(counts)]
-    for value, count in zip(values, counts, strict=False):
-        if count < 2:
-            strata[strata == value] = largest
-    return strata
+    return _keyed_strata([_label_key(lab) for lab in labels])
 
 
 def _split(ids: np.ndarray, strata: np.ndarray, fraction: float, seed: int):
@@ -69,21 +62,6 @@ def make_splits(ids: Sequence[str], labels: Sequence[float], val_fraction: float
     rest_strata = _strata([labels[list(ids).index(i)] for i in rest])
     train, val, _, _ = _split(rest, rest_strata, val_fraction / (1 - test_fraction), seed + 1)
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
-
-
-def load_or_make_splits(splits_dir: str | Path, ids: Sequence[str], labels: Sequence[float],
-                        val_fraction: float, test_fraction: float, seed: int) -> tuple[dict[str, list[str]], Path]:
-    """Reuse ``splits_<cohort>_<settings>.json`` when it exists, else make and write it."""
-    key = settings_hash({"ids": sorted(ids), "val": val_fraction, "test": test_fraction, "seed": seed})
-    path = Path(splits_dir) / f"splits_{key}.json"
-    if path.exists():
-        splits = json.loads(path.read_text())
-        return {k: splits[k] for k in SPLITS}, path
-    splits = make_splits(ids, labels, val_fraction, test_fraction, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**splits, "seed": seed, "val_fraction": val_fraction,
-                                "test_fraction": test_fraction}, indent=1))
-    return splits, path
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,7 +290,7 @@ def load_or_make_folds(splits_dir: str | Path, ids: Sequence[str], labels: Seque
     """Reuse ``folds_<hash>.json`` (every fold of the protocol) when it exists, else make and write it.
 
     The hash covers the ids, groups, sites (for ``site``) and every protocol setting, but not the
-    labels: like :func:`load_or_make_splits`, the file decides, so every mode sees the same folds.
+    labels: the file decides, so every mode sees the same folds.
     """
     ids = [str(i) for i in ids]
     key_state = {"ids": sorted(ids), "strategy": strategy, "n_folds": n_folds if strategy == "kfold" else None,
@@ -332,9 +310,7 @@ def load_or_make_folds(splits_dir: str | Path, ids: Sequence[str], labels: Seque
     plan = make_folds(ids, labels, groups, sites, strategy, n_folds, n_repeats, val_fraction, test_fraction,
                       seed, test_sites, n_inner)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(plan, indent=1))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(plan, indent=1))
     return plan, path
 
 

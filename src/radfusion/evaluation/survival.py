@@ -125,10 +125,16 @@ def uno_weights(y_train: np.ndarray, time, event, tau: float) -> np.ndarray:
 
 
 def harrell_c(time, event, risk) -> float:
-    """Harrell's C (scikit-survival); NaN without events."""
-    if np.sum(event) < 1:
+    """Harrell's C (scikit-survival) over subjects with known time and event; NaN without an event
+    or a comparable pair."""
+    time, event, risk = (np.asarray(a, dtype=float) for a in (time, event, risk))
+    keep = ~(np.isnan(time) | np.isnan(event))
+    if keep.sum() < 2 or event[keep].sum() < 1:
         return float("nan")
-    return float(concordance_index_censored(np.asarray(event, bool), time, risk)[0])
+    try:
+        return float(concordance_index_censored(event[keep].astype(bool), time[keep], risk[keep])[0])
+    except (ValueError, ZeroDivisionError):  # no comparable pairs
+        return float("nan")
 
 
 def _uno(y_train, time, event, risk, tau) -> float:

@@ -1,8 +1,8 @@
 """In-fold processing of the radiomics table, as scikit-learn estimators.
 
-:func:`make_feature_pipeline` is the walking skeleton's minimal pipeline; :class:`FeatureProcessor`
-(built from config by :func:`make_feature_processor`) adds the ICC filter, missing indicators,
-ComBat by site, correlation filter and supervised selection, in that order (see its docstring and
+:class:`FeatureProcessor` (built from config by :func:`make_feature_processor`): ICC filter, median
+imputation with missing indicators, ComBat by site, variance and correlation filters, scaling,
+supervised selection and clipping, in that order (see its docstring and
 ``docs/validation.md``). It takes any feature matrix, so the deep branch's embeddings can go
 through it too.
 
@@ -20,10 +20,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.feature_selection import VarianceThreshold
-from sklearn.impute import SimpleImputer
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 
 class ClipValues(BaseEstimator, TransformerMixin):
@@ -38,29 +34,6 @@ class ClipValues(BaseEstimator, TransformerMixin):
 
     def transform(self, X):
         return np.clip(X, -self.limit, self.limit)
-
-
-def make_feature_pipeline(clip: float | None = 5.0) -> Pipeline:
-    """Median imputation → drop constant features → z-score → clip.
-
-    ``SimpleImputer`` drops columns that are entirely NaN in the training rows (e.g. a habitat
-    that no training subject has); the same columns are dropped from val/test by ``transform``.
-    """
-    steps = [
-        ("impute", SimpleImputer(strategy="median", keep_empty_features=False)),
-        ("variance", VarianceThreshold(0.0)),
-        ("scale", StandardScaler()),
-    ]
-    if clip:
-        steps.append(("clip", ClipValues(clip)))
-    return Pipeline(steps)
-
-
-def feature_matrix(table: pd.DataFrame, ids: list[str]) -> np.ndarray:
-    """Rows of ``table`` for ``ids`` as float64, infinities turned into NaN (then imputed)."""
-    X = table.loc[ids].to_numpy(dtype=np.float64)
-    X[~np.isfinite(X)] = np.nan
-    return X
 
 
 # --------------------------------------------------------------------------------------------

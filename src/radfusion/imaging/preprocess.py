@@ -3,7 +3,9 @@
 Every subject goes through the same steps, in this order:
 
 1. read each sequence and the segmentation once (errors name subject and file);
-2. check that every sequence lies on the segmentation's grid (size, spacing, origin, direction);
+2. check that every sequence is a 3D scalar image on the segmentation's grid (size, spacing, origin,
+   direction, within the cohort's tolerance) with finite values: the checks of
+   :mod:`radfusion.cohort.validate`, with the same messages;
 3. z-score each sequence with the mean/SD of its *brain* voxels on the native grid (BraTS images
    are skull-stripped, so brain = non-zero), times ``scale``; the background stays 0;
 4. resample to isotropic ``spacing`` mm (B-spline for images, nearest neighbour for labels).
@@ -18,37 +20,12 @@ returns slices in that order and :func:`crop` translates them to SimpleITK's ``(
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from radfusion.cohort.subject import SEQUENCES, CohortError, Subject, read_image
-from radfusion.cohort.validate import geometry_problem
-
-#: Image/mask geometry tolerance (mm for spacing/origin, unitless for direction cosines); the same
-#: default as :func:`radfusion.cohort.subject.validate_subject`.
-GEOMETRY_TOLERANCE: float = 1e-3
-
-
-def nifti_values_finite(path: str | Path) -> bool:
-    """False if a floating-point NIfTI file holds NaN or infinite values.
-
-    ITK's NIfTI reader silently turns NaN voxels into 0, so the image SimpleITK returns cannot
-    show them. Integer files cannot hold NaN and are not read again (only the header is parsed);
-    non-NIfTI files are left to the caller's check of the SimpleITK array.
-    """
-    if not str(path).endswith((".nii", ".nii.gz")):
-        return True
-    import nibabel as nib
-
-    try:
-        img = nib.load(str(path))
-        if not np.issubdtype(img.get_data_dtype(), np.floating):
-            return True
-        return bool(np.all(np.isfinite(np.asanyarray(img.dataobj))))
-    except Exception:  # noqa: BLE001 - readable by ITK but not by nibabel: trust ITK's array
-        return True
+from radfusion.cohort.subject import GEOMETRY_TOLERANCE, SEQUENCES, CohortError, Subject, read_image
+from radfusion.cohort.validate import check_finite, check_geometry, check_scalar_3d
 
 
 def _same_spacing(img: sitk.Image, spacing: float) -> bool:
@@ -115,11 +92,12 @@ def load_preprocessed(
     normalize: str = "zscore",
     scale: float = 100.0,
     sequences: Sequence[str] = SEQUENCES,
+    tolerance: float = GEOMETRY_TOLERANCE,
 ) -> tuple[dict[str, sitk.Image], sitk.Image | None]:
     """Read, check, normalise and resample one subject.
 
     Each file is read exactly once. Sequences and segmentation must share one grid (within
-    :data:`GEOMETRY_TOLERANCE`); otherwise a :class:`CohortError` names the subject and both files.
+    ``tolerance``); otherwise a :class:`CohortError` names the subject and both files.
 
     Args:
         subject: the subject to load.
@@ -127,6 +105,9 @@ def load_preprocessed(
         normalize: ``"zscore"`` (in-brain z-score × ``scale``) or ``"none"``.
         scale: multiplier after z-scoring (ignored for ``"none"``).
         sequences: which sequences to load, in this order.
+        tolerance: image/mask geometry tolerance; pass the validated cohort's ``geometry_tolerance`` so
+            that a subject accepted by validation is accepted here. It decides only whether a subject
+            loads: the images are put on the mask grid, so the values do not depend on it.
 
     Returns:
         ``(images, seg)``: float32 images per sequence (``"none"`` keeps the file's pixel type) and
@@ -145,25 +126,16 @@ def load_preprocessed(
     for seq in sequences:
         path = subject.images[seq]
         img = read_image(path, sid)
-        if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
-            raise CohortError(f"subject {sid}: {path} is not a 3D scalar image (dimension "
-                              f"{img.GetDimension()}, {img.GetNumberOfComponentsPerPixel()} components)")
+        check_scalar_3d(sid, path, img)
         if ref is None:
             ref, ref_path = img, path
         else:
-            problem = geometry_problem(ref, img, GEOMETRY_TOLERANCE)
-            if problem:
-                raise CohortError(
-                    f"subject {sid}: geometry mismatch between {path} and {ref_path}: {problem}. "
-                    "Resample the image onto the mask grid (or fix the header) and rerun."
-                )
+            check_geometry(sid, path, img, ref_path, ref, tolerance)
             # Headers equal within tolerance but not bit-identical would make later sitk filters
             # (and PyRadiomics' checkMask) complain; one grid for all removes that class of error.
             img.CopyInformation(ref)
+        check_finite(sid, path, img)
         arr = sitk.GetArrayViewFromImage(img)
-        if not np.all(np.isfinite(arr)) or not nifti_values_finite(path):
-            raise CohortError(f"subject {sid}: {path} contains NaN or infinite intensities; "
-                              "fix or re-export the image (radfusion does not guess values)")
         if normalize == "zscore":
             brain = arr != 0
             img = zscore_in_brain(img, brain, scale)

@@ -9,14 +9,13 @@ it. That is intended: the two branches should see different things for fusion to
 rescaling (true physical scale, e.g. for an nnU-Net encoder trained at 1 mm).
 
 Optional ``habitats`` (e.g. ``[ET, NCR, ED]``) are appended as extra channels (binary masks, soft after
-resizing), after the sequences. :class:`ROIAugment` applies MONAI dictionary transforms for training:
-spatial ones to images and masks alike, intensity ones to the images only.
+resizing), after the sequences. Training-time augmentation is
+:class:`radfusion.imaging.augment.ROIAugment`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,19 +23,11 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 from joblib import Parallel, delayed
-from monai.transforms import (
-    Compose,
-    RandAffined,
-    RandBiasFieldd,
-    RandFlipd,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-)
 from tqdm.auto import tqdm
 
 from radfusion.cache import atomic_save_npy, files_sha1, settings_hash
 from radfusion.cohort.habitats import HABITATS, habitat_mask
-from radfusion.cohort.subject import SEQUENCES, Cohort, CohortError, Subject
+from radfusion.cohort.subject import GEOMETRY_TOLERANCE, SEQUENCES, Cohort, CohortError, Subject
 from radfusion.imaging.preprocess import load_preprocessed
 
 log = logging.getLogger(__name__)
@@ -100,11 +91,13 @@ def _cube_slices(center: np.ndarray, edge: int, shape: tuple[int, ...]):
     return tuple(src), tuple(dst)
 
 
-def build_roi(subject: Subject, settings: ROISettings, label_convention) -> np.ndarray:
+def build_roi(subject: Subject, settings: ROISettings, label_convention,
+              tolerance: float = GEOMETRY_TOLERANCE) -> np.ndarray:
     """ROI tensor of one subject: ``(n_channels, size, size, size)`` float16: z-scored intensities of
-    ``sequences``, then ``habitats`` masks in [0, 1]."""
+    ``sequences``, then ``habitats`` masks in [0, 1]. ``tolerance``: image/mask geometry tolerance (the
+    validated cohort's ``geometry_tolerance``; not in the ROI cache key, the values do not depend on it)."""
     images, seg = load_preprocessed(subject, spacing=settings.spacing, normalize="zscore", scale=1.0,
-                                    sequences=settings.sequences)
+                                    sequences=settings.sequences, tolerance=tolerance)
     if seg is None:
         raise CohortError(f"subject {subject.subject_id}: no segmentation; the ROI needs a tumour mask")
     seg_arr = sitk.GetArrayFromImage(seg)
@@ -147,12 +140,12 @@ def roi_cache_path(subject: Subject, settings: ROISettings, cache_dir: str | Pat
     return Path(cache_dir) / "rois" / settings.key() / f"{subject.subject_id}-{checksum[:12]}.npy"
 
 
-def _cached_roi(subject: Subject, settings: ROISettings, label_convention,
-                cache_dir: Path) -> tuple[str, str | None, str | None]:
+def _cached_roi(subject: Subject, settings: ROISettings, label_convention, cache_dir: Path,
+                tolerance: float = GEOMETRY_TOLERANCE) -> tuple[str, str | None, str | None]:
     try:
         path = roi_cache_path(subject, settings, cache_dir)
         if not path.exists():
-            atomic_save_npy(path, build_roi(subject, settings, label_convention))
+            atomic_save_npy(path, build_roi(subject, settings, label_convention, tolerance))
         return subject.subject_id, str(path), None
     except (CohortError, OSError, RuntimeError) as err:
         return subject.subject_id, None, f"{type(err).__name__}: {err}"
@@ -164,9 +157,11 @@ def build_roi_cache(cohort: Cohort, settings: ROISettings, cache_dir: str | Path
 
     Returns ``(paths, failures)``: ROI path per subject id, and an error message per failed
     subject. Failures never stop the others; callers decide whether to continue without them.
+    The cohort's ``geometry_tolerance`` (the one it was validated with) applies to every read.
     """
     cache_dir = Path(cache_dir)
-    jobs = (delayed(_cached_roi)(s, settings, cohort.label_convention, cache_dir) for s in cohort.subjects)
+    jobs = (delayed(_cached_roi)(s, settings, cohort.label_convention, cache_dir, cohort.geometry_tolerance)
+            for s in cohort.subjects)
     runner = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
     results = tqdm(runner(jobs), total=len(cohort), desc="ROI tensors", disable=not progress)
     paths, failures = {}, {}
@@ -177,56 +172,3 @@ def build_roi_cache(cohort: Cohort, settings: ROISettings, cache_dir: str | Path
             failures[sid] = error
             log.error("ROI failed for subject %s: %s", sid, error)
     return paths, failures
-
-
-class ROIAugment:
-    """Training-only augmentation of one ROI tensor ``(C, S, S, S)`` with MONAI dictionary transforms.
-
-    The first ``n_image_channels`` channels are intensities (z-scores), the rest habitat masks.
-    Spatial transforms (left-right flip, small affine) move images and masks together (masks with
-    nearest-neighbour interpolation); intensity transforms (scale, shift, bias field) touch images only.
-    Probabilities of 0 remove a transform. Random state is seeded lazily per process from
-    ``torch.initial_seed()``, so ``seed=`` and DataLoader workers give reproducible, distinct streams.
-
-    Args:
-        n_image_channels: number of intensity channels (``len(data.roi.sequences)``).
-        flip_prob: left-right flip (axis x only: hemispheres are nearly symmetric, front/back is not).
-        affine_prob, rotate_deg, scale: random rotation (± degrees, each axis) and zoom (± fraction).
-        intensity_prob, intensity_scale, intensity_shift: ``x * (1 + U(±scale))`` and ``x + U(±shift)``
-            (z-score units).
-        bias_field_prob, bias_field_coeff: smooth multiplicative bias field (MONAI ``RandBiasField``).
-    """
-
-    def __init__(self, n_image_channels: int, flip_prob: float = 0.5, affine_prob: float = 0.25,
-                 rotate_deg: float = 10.0, scale: float = 0.1, intensity_prob: float = 0.5,
-                 intensity_scale: float = 0.1, intensity_shift: float = 0.1, bias_field_prob: float = 0.25,
-                 bias_field_coeff: float = 0.1) -> None:
-        self.n_image_channels = n_image_channels
-        both = ["image", "mask"]
-        steps = []
-        if flip_prob > 0:
-            steps.append(RandFlipd(both, prob=flip_prob, spatial_axis=2, allow_missing_keys=True))
-        if affine_prob > 0:
-            steps.append(RandAffined(both, prob=affine_prob, rotate_range=[np.deg2rad(rotate_deg)] * 3,
-                                     scale_range=[scale] * 3, mode=["bilinear", "nearest"], padding_mode="zeros",
-                                     allow_missing_keys=True))
-        if intensity_prob > 0:
-            steps += [RandScaleIntensityd("image", factors=intensity_scale, prob=intensity_prob),
-                      RandShiftIntensityd("image", offsets=intensity_shift, prob=intensity_prob)]
-        if bias_field_prob > 0:
-            steps.append(RandBiasFieldd("image", prob=bias_field_prob, coeff_range=(0.0, bias_field_coeff)))
-        self.transform = Compose(steps)
-        self._seeded_pid: int | None = None
-
-    def __call__(self, roi: torch.Tensor) -> torch.Tensor:
-        if self._seeded_pid != os.getpid():
-            self.transform.set_random_state(seed=torch.initial_seed() % (2**32))
-            self._seeded_pid = os.getpid()
-        data = {"image": roi[: self.n_image_channels]}
-        if roi.shape[0] > self.n_image_channels:
-            data["mask"] = roi[self.n_image_channels:]
-        out = self.transform(data)
-        # MONAI returns MetaTensors; plain tensors keep the default collate and the batch contract simple.
-        parts = [out[k].as_tensor() if hasattr(out[k], "as_tensor") else torch.as_tensor(out[k])
-                 for k in ("image", "mask") if k in out]
-        return torch.cat(parts, dim=0).float()

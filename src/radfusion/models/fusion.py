@@ -4,14 +4,23 @@ One network, three modes, so that comparisons are fair (same heads, same trainin
 
 - ``handcrafted``: radiomics MLP → heads
 - ``deep``:        CNN embedding → projection → heads
-- ``hybrid``:      fuse(radiomics embedding, CNN embedding) → heads, with ``fusion``:
+- ``hybrid``:      fuser(CNN embedding, radiomics embedding) → heads, with the fuser one of
 
-  - ``concat``: concatenation (late fusion);
-  - ``gated``: a gated multimodal unit (Arevalo et al., 2017): per dimension, a sigmoid gate computed
-    from both branches mixes their (tanh) projections, so the model can weigh each branch per subject;
-  - ``attention``: cross-attention between ``radiomics_tokens`` learned tokens of the radiomics vector and
+  - :class:`ConcatFusion`: concatenation (late fusion; the default);
+  - :class:`GatedFusion`: a gated multimodal unit (Arevalo et al., 2017): per dimension, a sigmoid gate
+    computed from both branches mixes their (tanh) projections, so the model can weigh each branch per
+    subject;
+  - :class:`CrossAttentionFusion`: cross-attention between learned tokens of the radiomics vector and
     one token per pooled CNN stage (radiomics tokens query image tokens and vice versa, residual +
     LayerNorm), then the mean of each side's tokens is concatenated.
+
+Every fuser has one interface: it is built as ``fuser(d_image, d_radiomics)`` from the two branch
+widths (its own settings bound beforehand, e.g. ``functools.partial`` or Hydra's ``_partial_: true``
+in ``configs/model/fusion/<name>.yaml``), exposes ``out_features`` and maps
+``forward(image, radiomics)`` to ``(B, out_features)``. Its class attribute ``image_input`` says what
+it fuses: ``"projected"`` (the CNN embedding after :class:`FusionNet`'s ``image_proj``, ``d_image`` an
+int) or ``"stages"`` (the raw pooled stage embeddings, ``d_image`` the list of stage widths). A new
+fusion is such a class plus a YAML, not a branch in :class:`FusionNet`.
 
 ``modality_dropout`` (hybrid, training only): each subject's image or radiomics embedding is zeroed with
 this probability (never both), so the head cannot learn to rely on one branch and ignore the other.
@@ -19,13 +28,17 @@ this probability (never both), so the head cannot learn to rely on one branch an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 MODES = ("handcrafted", "deep", "hybrid")
-FUSIONS = ("concat", "gated", "attention")
+
+#: What builds a fuser from the branch widths: ``factory(d_image, d_radiomics) -> nn.Module``.
+FusionFactory = Callable[..., nn.Module]
 
 
 def mlp(in_features: int, hidden: Sequence[int], dropout: float) -> nn.Sequential:
@@ -51,13 +64,32 @@ def modality_dropout_masks(batch: int, p: float, device: torch.device | None = N
     return keep_image.float(), keep_radiomics.float()
 
 
+class ConcatFusion(nn.Module):
+    """Late fusion: the branch embeddings side by side, image first (no parameters).
+
+    Also the "fusion" of the single-branch modes: a missing branch (width 0, tensor None) is left out.
+    Shapes: ``(B, d_image)``, ``(B, d_radiomics)`` → ``(B, d_image + d_radiomics)``.
+    """
+
+    image_input = "projected"
+
+    def __init__(self, d_image: int, d_radiomics: int) -> None:
+        super().__init__()
+        self.out_features = int(d_image) + int(d_radiomics)
+
+    def forward(self, image: torch.Tensor | None, radiomics: torch.Tensor | None) -> torch.Tensor:
+        return torch.cat([t for t in (image, radiomics) if t is not None], dim=1)
+
+
 class GatedFusion(nn.Module):
     """Gated multimodal unit: ``z * tanh(W_i x_i) + (1 - z) * tanh(W_r x_r)``, ``z = σ(W [x_i; x_r])``.
 
     Shapes: ``(B, d_image)``, ``(B, d_radiomics)`` → ``(B, dim)``.
     """
 
-    def __init__(self, d_image: int, d_radiomics: int, dim: int) -> None:
+    image_input = "projected"
+
+    def __init__(self, d_image: int, d_radiomics: int, dim: int = 32) -> None:
         super().__init__()
         self.image = nn.Linear(d_image, dim)
         self.radiomics = nn.Linear(d_radiomics, dim)
@@ -79,6 +111,8 @@ class CrossAttentionFusion(nn.Module):
 
     Shapes: ``(B, sum(token_dims))``, ``(B, d_radiomics)`` → ``(B, 2 * dim)``.
     """
+
+    image_input = "stages"
 
     def __init__(self, token_dims: Sequence[int], d_radiomics: int, dim: int = 32, n_radiomics_tokens: int = 4,
                  heads: int = 4, dropout: float = 0.1) -> None:
@@ -110,6 +144,52 @@ class CrossAttentionFusion(nn.Module):
         return torch.cat([rad.mean(dim=1), img.mean(dim=1)], dim=1)
 
 
+def fusion_factory(fuser: FusionFactory | Mapping | None) -> FusionFactory:
+    """The callable that builds a fuser: ``None`` → :class:`ConcatFusion`; a class or partial as it is;
+    a ``{_target_: ..., **settings}`` mapping (a ``configs/model/fusion/`` block, or what a checkpoint
+    stores) → its partial, instantiated by Hydra."""
+    if fuser is None:
+        return ConcatFusion
+    if isinstance(fuser, Mapping):
+        from hydra.utils import instantiate
+
+        return instantiate(dict(fuser), _partial_=True, _convert_="all")
+    if not callable(fuser):
+        raise TypeError(f"fusion: expected a class, a partial or a {{_target_: ...}} mapping, got {fuser!r}")
+    return fuser
+
+
+def fusion_config(fuser: FusionFactory | Mapping | None) -> dict[str, Any] | None:
+    """A fuser factory as plain containers, ``{_target_, _partial_: True, **settings}``.
+
+    Hydra hands :class:`~radfusion.models.lit_module.RadFusionModule` an instantiated partial; its
+    checkpoint stores this description instead, so it loads with ``torch.load(weights_only=True)``
+    and :func:`fusion_factory` rebuilds the same fuser from it.
+    """
+    if fuser is None:
+        return None
+    if isinstance(fuser, Mapping):
+        return _plain(dict(fuser))
+    func = getattr(fuser, "func", fuser)
+    if isinstance(fuser, functools.partial) and fuser.args:
+        raise ValueError(f"fusion: bind the settings of {func.__qualname__} by keyword, not position")
+    keywords = dict(fuser.keywords) if isinstance(fuser, functools.partial) else {}
+    return {"_target_": f"{func.__module__}.{func.__qualname__}", "_partial_": True, **_plain(keywords)}
+
+
+def _plain(d: dict) -> dict:
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a core dependency
+        return d
+    return {k: (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v) for k, v in d.items()}
+
+
+def _image_input(factory: FusionFactory) -> str:
+    """``"projected"`` or ``"stages"``: the ``image_input`` of the class a factory (or partial) builds."""
+    return getattr(getattr(factory, "func", factory), "image_input", "projected")
+
+
 class FusionNet(nn.Module):
     """Fuse a CNN embedding with a radiomics vector and predict one logit per target.
 
@@ -120,12 +200,13 @@ class FusionNet(nn.Module):
             :class:`~radfusion.models.encoders.StageEncoder` also gives ``token_dims`` for attention.
         radiomics_dim: length of the (fold-processed) radiomics vector (needed for handcrafted/hybrid).
         radiomics_hidden: widths of the radiomics MLP.
-        image_hidden: width of the projection of the CNN embedding (concat / gated).
+        image_hidden: width of the projection of the CNN embedding (fusers with ``image_input =
+            "projected"``; deep mode).
         head_hidden: widths of the MLP after fusion.
         dropout: dropout in every MLP.
-        kind: fusion of the two branches, ``concat`` | ``gated`` | ``attention`` (hybrid only).
-        fusion_dim: width of the gated unit's output / of the attention tokens.
-        attention_heads, radiomics_tokens: cross-attention settings.
+        fuser: how the two branches are fused (hybrid only; the single-branch modes always use
+            :class:`ConcatFusion`): a factory ``fuser(d_image, d_radiomics)`` (class or partial) or a
+            ``{_target_: ..., **settings}`` mapping (see :func:`fusion_factory`); None = concat.
         modality_dropout: probability, per training subject, of zeroing one branch (hybrid only).
 
     Shapes:
@@ -143,21 +224,18 @@ class FusionNet(nn.Module):
         image_hidden: int = 32,
         head_hidden: Sequence[int] = (),
         dropout: float = 0.3,
-        kind: str = "concat",
-        fusion_dim: int = 32,
-        attention_heads: int = 4,
-        radiomics_tokens: int = 4,
+        fuser: FusionFactory | Mapping | None = None,
         modality_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if kind not in FUSIONS:
-            raise ValueError(f"fusion kind must be one of {FUSIONS}, got {kind!r}")
         if not 0.0 <= modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
+        factory = fusion_factory(fuser) if mode == "hybrid" else ConcatFusion
+        if _image_input(factory) not in ("projected", "stages"):
+            raise ValueError(f"fusion {factory!r}: image_input must be 'projected' or 'stages'")
         self.mode = mode
-        self.kind = kind if mode == "hybrid" else "concat"
         self.modality_dropout = float(modality_dropout) if mode == "hybrid" else 0.0
         self.uses_images = mode in ("deep", "hybrid")
         self.uses_radiomics = mode in ("handcrafted", "hybrid")
@@ -165,25 +243,23 @@ class FusionNet(nn.Module):
             if encoder is None:
                 raise ValueError(f"mode {mode!r} needs an image encoder (model.encoder is null)")
             self.encoder = encoder
+        # Construction order = parameter initialisation order (the global RNG): radiomics MLP, image
+        # projection, fuser, head. Runs with a fixed seed depend on it; keep it.
         if self.uses_radiomics:
             if not radiomics_dim:
                 raise ValueError(f"mode {mode!r} needs radiomics features, but the vector is empty")
             self.radiomics_mlp = mlp(radiomics_dim, radiomics_hidden, dropout)
         d_rad = (radiomics_hidden[-1] if radiomics_hidden else radiomics_dim) if self.uses_radiomics else 0
 
-        if self.kind == "attention":
-            token_dims = getattr(encoder, "token_dims", None) or [encoder.num_features]
-            self.fuser = CrossAttentionFusion(token_dims, d_rad, fusion_dim, radiomics_tokens, attention_heads,
-                                              dropout=min(dropout, 0.1))
-            width = self.fuser.out_features
-        else:
-            width = d_rad
-            if self.uses_images:
-                self.image_proj = mlp(encoder.num_features, [image_hidden], dropout)
-                width += image_hidden
-            if self.kind == "gated":
-                self.fuser = GatedFusion(image_hidden, d_rad, fusion_dim)
-                width = fusion_dim
+        self.image_proj: nn.Module | None = None
+        d_img: int | list[int] = 0
+        if self.uses_images and _image_input(factory) == "stages":
+            d_img = list(getattr(encoder, "token_dims", None) or [encoder.num_features])
+        elif self.uses_images:
+            self.image_proj = mlp(encoder.num_features, [image_hidden], dropout)
+            d_img = image_hidden
+        self.fuser = factory(d_img, d_rad)
+        width = int(self.fuser.out_features)
         self.head = nn.Sequential(mlp(width, head_hidden, dropout),
                                   nn.Linear(head_hidden[-1] if head_hidden else width, n_outputs))
 
@@ -195,7 +271,7 @@ class FusionNet(nn.Module):
             if image is None:
                 raise ValueError(f"mode {self.mode!r} needs the batch's 'image'")
             img = self.encoder(image)
-            if self.kind != "attention":
+            if self.image_proj is not None:
                 img = self.image_proj(img)
         if self.uses_radiomics:
             if radiomics is None:
@@ -207,7 +283,4 @@ class FusionNet(nn.Module):
         return img, rad
 
     def forward(self, image: torch.Tensor | None = None, radiomics: torch.Tensor | None = None) -> torch.Tensor:
-        img, rad = self.embed(image, radiomics)
-        if self.mode == "hybrid" and self.kind != "concat":
-            return self.head(self.fuser(img, rad))
-        return self.head(torch.cat([t for t in (img, rad) if t is not None], dim=1))
+        return self.head(self.fuser(*self.embed(image, radiomics)))

@@ -24,12 +24,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
-from sksurv.metrics import concordance_index_censored
 from torch import nn
 
+from radfusion.evaluation.metrics import binary_metrics
+from radfusion.evaluation.survival import harrell_c
 from radfusion.models.cox_loss import cox_partial_likelihood_loss
-from radfusion.models.fusion import FusionNet
+from radfusion.models.fusion import FusionNet, fusion_config
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -39,35 +39,9 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -
     return (per * mask).sum() / n.clamp_min(1.0)
 
 
-def safe_auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """ROC AUC over labelled entries; NaN when only one class is present."""
-    keep = ~np.isnan(labels)
-    y, p = labels[keep], probs[keep]
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    return float(roc_auc_score(y, p))
-
-
-def marker_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """AUC, balanced accuracy (at ``threshold``) and average precision over labelled entries."""
-    keep = ~np.isnan(labels)
-    y, p = labels[keep].astype(int), probs[keep]
-    if len(np.unique(y)) < 2:
-        return {"auc": float("nan"), "bacc": float("nan"), "ap": float("nan")}
-    return {"auc": float(roc_auc_score(y, p)),
-            "bacc": float(balanced_accuracy_score(y, (p >= threshold).astype(int))),
-            "ap": float(average_precision_score(y, p))}
-
-
-def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's C-index over subjects with known survival; NaN without a comparable pair."""
-    keep = ~(np.isnan(time) | np.isnan(event))
-    if keep.sum() < 2 or event[keep].sum() < 1:
-        return float("nan")
-    try:
-        return float(concordance_index_censored(event[keep].astype(bool), time[keep], risk[keep])[0])
-    except (ValueError, ZeroDivisionError):  # no comparable pairs
-        return float("nan")
+#: Per-marker epoch metrics logged as ``<stage>/<name>_<target>`` -> key of
+#: :func:`radfusion.evaluation.metrics.binary_metrics` (balanced accuracy at probability 0.5).
+EPOCH_MARKER_METRICS: dict[str, str] = {"auc": "auc", "bacc": "balanced_accuracy", "ap": "ap"}
 
 
 class RadFusionModule(pl.LightningModule):
@@ -81,7 +55,8 @@ class RadFusionModule(pl.LightningModule):
         radiomics_dim: length of the fold-processed radiomics vector (set by ``train``).
         encoder: image encoder (deep / hybrid), e.g. :class:`ResNetEncoder`.
         optimizer, scheduler: partial constructors (Hydra ``_partial_: true``).
-        fusion: keyword arguments of :class:`FusionNet` (widths, dropout, fusion kind).
+        fusion: keyword arguments of :class:`FusionNet` (widths, dropout, ``fuser``: a fusion factory or
+            its ``{_target_: ...}`` description, ``configs/model/fusion/``).
         loss_weights: weight per head name (markers and ``survival``); default 1.
         uncertainty_weighting: learn the head weights (Kendall, Gal & Cipolla 2018).
         cox_ties: ``breslow`` | ``efron``.
@@ -105,6 +80,8 @@ class RadFusionModule(pl.LightningModule):
         # Plain Python containers in the checkpoint, so it loads with torch's weights_only=True.
         targets = [str(t) for t in targets]
         fusion = OmegaConf.to_container(fusion) if isinstance(fusion, DictConfig) else dict(fusion or {})
+        if fusion.get("fuser") is not None:  # Hydra built a partial; the checkpoint keeps its description
+            fusion["fuser"] = fusion_config(fusion["fuser"])
         loss_weights = (OmegaConf.to_container(loss_weights) if isinstance(loss_weights, DictConfig)
                         else dict(loss_weights or {}))
         if not targets and not survival:
@@ -126,13 +103,6 @@ class RadFusionModule(pl.LightningModule):
     @property
     def best_val_auc(self) -> float:
         return self.best.get("val/auc", -math.inf)
-
-    def setup(self, stage: str) -> None:
-        # Frozen encoder: the datamodule serves cached pooled embeddings instead of ROI volumes.
-        encoder = getattr(self.net, "encoder", None)
-        datamodule = getattr(self._trainer, "datamodule", None)
-        if getattr(encoder, "frozen", False) and hasattr(datamodule, "use_frozen_encoder"):
-            datamodule.use_frozen_encoder(encoder)
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.net(image=batch.get("image"), radiomics=batch.get("radiomics"))
@@ -192,8 +162,12 @@ class RadFusionModule(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"subject_id": list(batch["subject_id"]), **self.outputs_to_predictions(self(batch))}
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """``{"subject_id", "probs": (B, n_markers), "labels": (B, n_markers) NaN unknown, "risk"?}``."""
+        labels = batch["labels"].detach().cpu().numpy().copy()
+        labels[batch["label_mask"].detach().cpu().numpy() == 0] = np.nan
+        return {"subject_id": list(batch["subject_id"]), "labels": labels,
+                **self.outputs_to_predictions(self(batch))}
 
     def outputs_to_predictions(self, out: torch.Tensor) -> dict[str, np.ndarray]:
         """Network outputs → ``{"probs": (B, n_markers), "risk": (B,)}`` (risk only with survival)."""
@@ -212,8 +186,9 @@ class RadFusionModule(pl.LightningModule):
             probs = np.concatenate([o["probs"] for o in outputs])
             labels = np.concatenate([o["labels"] for o in outputs])
             for i, name in enumerate(self.targets):
-                for key, value in marker_metrics(labels[:, i], probs[:, i]).items():
-                    metrics[f"{stage}/{key}_{name}"] = value
+                res = binary_metrics(labels[:, i], probs[:, i])
+                for key, source in EPOCH_MARKER_METRICS.items():
+                    metrics[f"{stage}/{key}_{name}"] = res[source]
             aucs = [metrics[f"{stage}/auc_{n}"] for n in self.targets if not math.isnan(metrics[f"{stage}/auc_{n}"])]
             metrics[f"{stage}/auc"] = float(np.mean(aucs)) if aucs else float("nan")
         if self.survival:

@@ -16,20 +16,17 @@ Labels and clinical values come from the follow-up row (that is where a response
 Nothing here is fitted, so the table can be built once for the whole cohort without leakage; the
 in-fold processing (imputation, scaling, selection) happens downstream on training patients only.
 
-:class:`DeltaDataModule` is :class:`~radfusion.data.datamodule.RadFusionDataModule` plus a
-``longitudinal`` option that applies this at patient level (``configs/data/longitudinal.yaml``).
+The datamodule's ``longitudinal`` option applies this at patient level
+(:func:`radfusion.data.prepare.to_patient_level`, ``configs/data/longitudinal.yaml``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from radfusion.data.datamodule import RadFusionDataModule, _plain
 
 log = logging.getLogger(__name__)
 
@@ -158,73 +155,3 @@ def delta_features(features: pd.DataFrame, clinical: pd.DataFrame, baseline_time
     if excluded:
         log.warning("delta radiomics: %d patient(s) left out: %s", len(excluded), "; ".join(excluded.values()))
     return delta, patients
-
-
-def _stacked_roi(first: Path, second: Path) -> Path:
-    """Baseline and follow-up ROI tensors as one (2C, S, S, S) file beside them (made once)."""
-    from radfusion.cache import atomic_save_npy
-
-    out = Path(first).parent / f"{Path(first).stem}+{Path(second).stem}.npy"
-    if not out.exists():
-        atomic_save_npy(out, np.concatenate([np.load(first), np.load(second)], axis=0))
-    return out
-
-
-def to_patient_level(dm, baseline_timepoint: int = 0, followup_timepoint: int = 1, image: str = "followup",
-                     **delta_kwargs) -> None:
-    """Turn a prepared scan-level datamodule into a patient-level one (in place).
-
-    ``dm.features`` becomes the delta table, ``dm.cohort`` a cohort of patients (clinical table of
-    :func:`patient_table`), ``dm.ids`` the patient ids and, for the CNN branch, ``dm.roi_paths[patient]``
-    the ROI of the ``image`` scan: ``followup``, ``baseline`` or ``both`` (channels stacked: baseline
-    then follow-up, so ``model.encoder.in_channels`` doubles). Excluded patients join ``dm.failures``.
-    """
-    from radfusion.cohort.subject import Cohort
-
-    if image not in ("followup", "baseline", "both"):
-        raise ValueError(f"data.longitudinal.image must be followup, baseline or both, got {image!r}")
-    clinical = dm.cohort.clinical.loc[dm.ids]
-    if dm.use_radiomics:
-        dm.features, patients = delta_features(dm.features.loc[[s for s in dm.ids if s in dm.features.index]],
-                                               clinical, baseline_timepoint, followup_timepoint, **delta_kwargs)
-        excluded = dm.features.attrs["excluded"]
-    else:
-        patients, excluded = patient_table(clinical, baseline_timepoint, followup_timepoint)
-    if dm.use_images:
-        if image == "both":
-            dm.roi_paths = {p: _stacked_roi(dm.roi_paths[b], dm.roi_paths[f]) for p, b, f in
-                            zip(patients.index, patients["baseline_subject_id"], patients["followup_subject_id"],
-                                strict=True)}
-        else:
-            dm.roi_paths = {p: dm.roi_paths[s] for p, s in zip(patients.index, patients[f"{image}_subject_id"],
-                                                                 strict=True)}
-    dm.failures = {**getattr(dm, "failures", {}), **excluded}
-    dm.cohort = Cohort([], patients, dm.cohort.label_convention, dm.cohort.root)
-    dm.ids = list(patients.index)
-    log.info("longitudinal: %d patients (timepoint %d -> %d), %d excluded", len(dm.ids), baseline_timepoint,
-             followup_timepoint, len(excluded))
-
-
-class DeltaDataModule(RadFusionDataModule):
-    """:class:`RadFusionDataModule` whose rows are patients and whose radiomics are delta features.
-
-    Args:
-        longitudinal: ``{delta: true, baseline_timepoint: 0, followup_timepoint: 1, image: followup,
-            blocks: [abs, rel], relative: baseline, eps: 1e-6, clip: 10.0}`` (see :func:`to_patient_level`
-            and :func:`delta_features`); ``delta: false`` keeps one row per scan.
-        everything else: as :class:`RadFusionDataModule`.
-    """
-
-    def __init__(self, *args, longitudinal: dict | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.longitudinal_cfg = dict(_plain(longitudinal) or {})
-
-    def _prepare(self) -> None:
-        if self._ready:
-            return
-        super()._prepare()
-        opts = dict(self.longitudinal_cfg)
-        if opts.pop("delta", True):
-            if "blocks" in opts:
-                opts["blocks"] = tuple(opts["blocks"])
-            to_patient_level(self, **opts)

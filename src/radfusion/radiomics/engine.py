@@ -26,20 +26,20 @@ types or ``crop_padding`` recomputes only the entries those settings touch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from radfusion.cohort.habitats import RING, allowed_labels, habitat_masks
-from radfusion.cohort.subject import CohortError, Subject
+from radfusion.cache import atomic_write, chunks_sha1, file_sha1, settings_hash
+from radfusion.cohort.habitats import RING, habitat_masks
+from radfusion.cohort.subject import GEOMETRY_TOLERANCE, CohortError, Subject
+from radfusion.cohort.validate import check_labels
 from radfusion.imaging.preprocess import bounding_box, crop, load_preprocessed
-from radfusion.radiomics.pyrad import Plan, Unit, short_hash
+from radfusion.radiomics.pyrad import Plan, Unit, binning_memo
 from radfusion.radiomics.settings import FEATURE_SCHEMA_VERSION, FeatureSettings
 
 #: Layout version of the item JSON files.
@@ -60,33 +60,31 @@ def crop_margin(settings: FeatureSettings, spacing_zyx: tuple[float, ...]) -> li
 
 def prep_key(settings: FeatureSettings, plan: Plan) -> str:
     """Hash of what every entry of an item depends on: our preprocessing + PyRadiomics' settings."""
-    return short_hash({"spacing": settings.spacing, "normalize": settings.normalize,
-                       "scale": settings.normalize_scale if settings.normalize == "zscore" else None,
-                       "pyradiomics": plan.prep_key, "schema": [FEATURE_SCHEMA_VERSION, ITEM_SCHEMA]}, 20)
+    return settings_hash({"spacing": settings.spacing, "normalize": settings.normalize,
+                          "scale": settings.normalize_scale if settings.normalize == "zscore" else None,
+                          "pyradiomics": plan.prep_key, "schema": [FEATURE_SCHEMA_VERSION, ITEM_SCHEMA]}, 20)
 
 
 def input_checksum(paths: list[Path | None], label_convention: str | dict = "brats2021",
                    memo: dict | None = None, chunk_size: int = 1 << 20) -> str:
     """SHA-1 over the contents of ``paths`` (None = absent) and the label convention.
 
-    ``memo`` (path -> sha1) avoids hashing a segmentation once per sequence.
+    ``memo`` (path -> sha1) avoids hashing a segmentation once per sequence. The value names the
+    item files: SHA-1 of the convention's JSON followed by ``|<file sha1>`` (``|-`` when absent)
+    per path.
     """
-    h = hashlib.sha1(json.dumps(label_convention, sort_keys=True).encode())
+    parts = [json.dumps(label_convention, sort_keys=True)]
     for path in paths:
         if path is None:
-            h.update(b"|-")
+            parts.append("|-")
             continue
         digest = memo.get(str(path)) if memo is not None else None
         if digest is None:
-            fh = hashlib.sha1()
-            with open(path, "rb") as f:
-                while chunk := f.read(chunk_size):
-                    fh.update(chunk)
-            digest = fh.hexdigest()
+            digest = file_sha1(path, chunk_size)
             if memo is not None:
                 memo[str(path)] = digest
-        h.update(f"|{digest}".encode())
-    return h.hexdigest()
+        parts.append(f"|{digest}")
+    return chunks_sha1(parts)
 
 
 def item_path(root: Path, subject_id: str, sequence: str, checksum: str) -> Path:
@@ -105,13 +103,8 @@ def read_item(path: Path) -> dict | None:
 
 def write_item(path: Path, item: dict) -> None:
     """Write beside the target, then rename: a killed process leaves a stray .tmp, never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w", fsync=True) as f:
         json.dump(item, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _box_suffix(box: list | None) -> str:
@@ -266,21 +259,23 @@ def _identical_masks(prepared: dict[str, tuple]) -> dict[str, str]:
     """Habitat key -> key of the first habitat whose masks (shape and texture) are identical."""
     signatures: dict[str, str] = {}
     for hk, (mask, tex_mask, bbox) in prepared.items():
-        h = hashlib.sha1(np.asarray(bbox).tobytes())
-        for m in (mask, tex_mask):
-            h.update(b"|" if m is None else np.ascontiguousarray(sitk.GetArrayViewFromImage(m)).tobytes())
-        signatures[hk] = h.hexdigest()
+        signatures[hk] = chunks_sha1([np.asarray(bbox).tobytes()] + [
+            b"|" if m is None else np.ascontiguousarray(sitk.GetArrayViewFromImage(m)).tobytes()
+            for m in (mask, tex_mask)])
     first: dict[str, str] = {}
     return {hk: first.setdefault(sig, hk) for hk, sig in signatures.items()}
 
 
 def compute_item(subject: Subject, sequence: str, with_shape: bool, settings: FeatureSettings, plan: Plan,
-                 label_convention: str | dict, cached: dict | None = None) -> dict:
+                 label_convention: str | dict, cached: dict | None = None,
+                 tolerance: float = GEOMETRY_TOLERANCE) -> dict:
     """Compute (or complete) one (subject, sequence) item. See the module doc for the steps.
 
     Args:
         cached: a previously stored item of the same inputs; its entries that are still valid are
             kept and only the missing ones are computed.
+        tolerance: image/mask geometry tolerance, the validated cohort's (``Cohort.geometry_tolerance``);
+            not part of the item's cache key, as the values do not depend on it.
 
     Returns:
         The item: ``{"voxels": {habitat key: n}, "box", "margin", "rejected", "reseg_rejected",
@@ -297,12 +292,9 @@ def compute_item(subject: Subject, sequence: str, with_shape: bool, settings: Fe
     if subject.seg is None:
         raise CohortError(f"subject {sid}: no segmentation; habitat features need one")
     images, seg = load_preprocessed(subject, settings.spacing, settings.normalize, settings.normalize_scale,
-                                    [sequence])
+                                    [sequence], tolerance=tolerance)
     seg_arr = sitk.GetArrayFromImage(seg)
-    bad = sorted(set(np.unique(seg_arr).tolist()) - allowed_labels(label_convention))
-    if bad:
-        raise CohortError(f"subject {sid}: segmentation {subject.seg} has labels {bad} outside the "
-                          f"{label_convention} convention {sorted(allowed_labels(label_convention))}")
+    check_labels(sid, subject.seg, seg_arr, label_convention)
     image = images[sequence]
     brain = sitk.GetArrayViewFromImage(image) != 0  # skull-stripped: brain = non-zero, before any shift
     if plan.normalize:
@@ -351,8 +343,10 @@ def compute_item(subject: Subject, sequence: str, with_shape: bool, settings: Fe
                                          sitk.sitkUInt32)
             mask_images[hk] = mask_img
     try:
-        new = compute_entries(grid, mask_images, plan, with_shape, box_list, wanted, item["rejected"],
-                              item["reseg_rejected"])
+        # The binning memo lives for this item only: PyRadiomics is left as it was afterwards.
+        with binning_memo(settings.memo_binning):
+            new = compute_entries(grid, mask_images, plan, with_shape, box_list, wanted, item["rejected"],
+                                  item["reseg_rejected"])
     except Exception as err:
         raise RuntimeError(f"subject {sid}: PyRadiomics failed on {subject.images[sequence]} "
                            f"({type(err).__name__}: {err})") from err

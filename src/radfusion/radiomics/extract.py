@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from radfusion.cohort.subject import Cohort, CohortError, Subject
+from radfusion.cache import atomic_path, atomic_write_text, settings_hash
+from radfusion.cohort.subject import GEOMETRY_TOLERANCE, Cohort, CohortError, Subject
 from radfusion.radiomics import engine
 from radfusion.radiomics.backends import run_tasks
 from radfusion.radiomics.pyrad import (
@@ -37,7 +38,6 @@ from radfusion.radiomics.pyrad import (
     build_plan,
     capture_warnings,
     extract_region,
-    short_hash,
 )
 from radfusion.radiomics.settings import FeatureSettings
 
@@ -60,7 +60,7 @@ def unit_feature_names(plan: Plan, cache_dir: Path | None = None) -> dict[str, l
     configuration (filters, feature subsets) without re-implementing PyRadiomics' naming. The
     result is memoised per process and, with ``cache_dir``, on disk (a warm run then reads no image).
     """
-    digest = short_hash([engine.ITEM_SCHEMA, plan.prep_key, plan.shape_key, [u.key for u in plan.units]], 20)
+    digest = settings_hash([engine.ITEM_SCHEMA, plan.prep_key, plan.shape_key, [u.key for u in plan.units]], 20)
     if digest in _TEMPLATES:
         return _TEMPLATES[digest]
     path = None if cache_dir is None else Path(cache_dir) / "templates" / f"{digest}.json"
@@ -81,10 +81,7 @@ def unit_feature_names(plan: Plan, cache_dir: Path | None = None) -> dict[str, l
         names[unit.key] = list(entries.get(engine.entry_key("T", unit, None), {}))
     _TEMPLATES[digest] = names
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(names))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(names))
     return names
 
 
@@ -136,7 +133,7 @@ def assemble_row(items: dict[str, dict], settings: FeatureSettings, plan: Plan) 
 # Tasks
 # --------------------------------------------------------------------------------------------
 
-def _peak_rss_mb() -> float | None:
+def peak_rss_mb() -> float | None:
     """Peak resident memory of this process in MB (Linux ``VmHWM``; ``ru_maxrss`` would carry the
     parent's peak over into a freshly spawned worker), or None where unavailable."""
     try:
@@ -150,7 +147,7 @@ def _peak_rss_mb() -> float | None:
 
 
 def _run_task(task: dict, settings: FeatureSettings, label_convention: str | dict,
-              sitk_threads: int | None = None) -> dict:
+              sitk_threads: int | None = None, tolerance: float = GEOMETRY_TOLERANCE) -> dict:
     """Compute (or complete) one cached item; never raises: a failure comes back as data."""
     if sitk_threads is not None:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(sitk_threads)
@@ -164,7 +161,7 @@ def _run_task(task: dict, settings: FeatureSettings, label_convention: str | dic
         cached = engine.read_item(path) if path is not None else None
         with capture_warnings() as counts:
             item = engine.compute_item(subject, task["sequence"], task["with_shape"], settings, plan,
-                                       label_convention, cached)
+                                       label_convention, cached, tolerance=tolerance)
         item["seconds"] = round(time.perf_counter() - t0, 3)
         item["warnings"] = dict(counts)
         if path is not None:
@@ -178,13 +175,15 @@ def _run_task(task: dict, settings: FeatureSettings, label_convention: str | dic
                         f"({type(err).__name__}: {err}); inputs: {subject.images.get(task['sequence'])}, "
                         f"segmentation {subject.seg}")
     out["seconds"] = round(time.perf_counter() - t0, 3)
-    out["peak_rss_mb"] = _peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 
-def extract_subject(subject: Subject, settings: FeatureSettings,
-                    label_convention: str | dict = "brats2021") -> tuple[dict[str, float], dict]:
+def extract_subject(subject: Subject, settings: FeatureSettings, label_convention: str | dict = "brats2021",
+                    tolerance: float = GEOMETRY_TOLERANCE) -> tuple[dict[str, float], dict]:
     """All habitat features of one subject, in this process, without cache.
+
+    ``tolerance`` is the image/mask geometry tolerance (the validated cohort's ``geometry_tolerance``).
 
     Returns:
         ``(features, diagnostics)``. ``features`` maps column name to value (see the module doc);
@@ -201,7 +200,8 @@ def extract_subject(subject: Subject, settings: FeatureSettings,
     items, counts = {}, Counter()
     for i, seq in enumerate(settings.sequences):
         with capture_warnings() as c:
-            items[seq] = engine.compute_item(subject, seq, i == 0, settings, plan, label_convention)
+            items[seq] = engine.compute_item(subject, seq, i == 0, settings, plan, label_convention,
+                                             tolerance=tolerance)
         counts.update(c)
     features = dict.fromkeys(feature_columns(settings, plan), _NAN)
     features.update(assemble_row(items, settings, plan))
@@ -244,7 +244,8 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
     stay cached, and the other subjects are kept.
 
     Args:
-        cohort: the cohort (its ``label_convention`` defines the habitats).
+        cohort: the cohort (its ``label_convention`` defines the habitats; its ``geometry_tolerance``, the
+            one it was validated with, is applied again to every read, outside the cache keys).
         settings: feature settings.
         cache_dir: root of the feature cache.
         n_jobs: worker processes; None uses ``settings.n_jobs``; -1 = all cores.
@@ -329,7 +330,8 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
     # Share the cores between the workers' SimpleITK filters; Dask workers are single-threaded
     # processes that may live on other machines, so one thread each there.
     threads = 1 if backend == "dask" else max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 1 else None
-    fn = functools.partial(_run_task, settings=settings, label_convention=conv, sitk_threads=threads)
+    fn = functools.partial(_run_task, settings=settings, label_convention=conv, sitk_threads=threads,
+                           tolerance=cohort.geometry_tolerance)
     n_items = len(cohort) * len(settings.sequences)
     bar = tqdm(total=n_items, initial=n_items - len(tasks), desc="habitat radiomics", unit="item",
                disable=not progress)
@@ -346,7 +348,8 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
     diagnostics = pd.DataFrame([row for sid in ids for row in diag_rows[sid]])
     # The table is a function of the settings and of each item's inputs (entries are deterministic):
     # when neither changed, the (slow, for ~27,000 columns) parquet file is already right.
-    fingerprint = short_hash([settings.cache_key(), columns, list(df.columns), kept, failures, sorted(checksums)], 40)
+    fingerprint = settings_hash([settings.cache_key(), columns, list(df.columns), kept, failures, sorted(checksums)],
+                                40)
     _write_outputs(out_dir, df, diagnostics, failures, fingerprint)
 
     log.info("radiomics: %d items computed, %d from cache, %d failed; %d subjects x %d features in %.1f s (%s)",
@@ -367,18 +370,14 @@ def _expected_margin(item: dict | None, settings: FeatureSettings) -> list[int] 
 
 def _write_outputs(out_dir: Path, df: pd.DataFrame, diagnostics: pd.DataFrame, failures: dict,
                    fingerprint: str) -> None:
-    pid = os.getpid()
-    tmp = out_dir / f".diagnostics.csv.{pid}.tmp"
-    diagnostics.to_csv(tmp, index=False)
-    os.replace(tmp, out_dir / "diagnostics.csv")
-    tmp = out_dir / f".failures.csv.{pid}.tmp"
-    pd.DataFrame({"subject_id": list(failures), "error": list(failures.values())}).to_csv(tmp, index=False)
-    os.replace(tmp, out_dir / "failures.csv")
+    with atomic_path(out_dir / "diagnostics.csv") as tmp:
+        diagnostics.to_csv(tmp, index=False)
+    with atomic_path(out_dir / "failures.csv") as tmp:
+        pd.DataFrame({"subject_id": list(failures), "error": list(failures.values())}).to_csv(tmp, index=False)
     stamp = out_dir / ".features.fingerprint"
     if (out_dir / "features.parquet").is_file() and stamp.is_file() and stamp.read_text() == fingerprint:
         return
-    tmp = out_dir / f".features.parquet.{pid}.tmp"
-    df.to_parquet(tmp)
-    os.replace(tmp, out_dir / "features.parquet")
-    stamp.write_text(fingerprint)
+    with atomic_path(out_dir / "features.parquet") as tmp:
+        df.to_parquet(tmp)
+    atomic_write_text(stamp, fingerprint)
 

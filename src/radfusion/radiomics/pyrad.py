@@ -9,8 +9,6 @@ their own unit (they depend on the mask only).
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
 import threading
 import warnings
@@ -23,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+
+from radfusion.cache import file_sha1, settings_hash
 
 #: Image types whose filter output depends on the mask (PyRadiomics' LBP3D reads the mask):
 #: computed per habitat instead of once per sequence.
@@ -121,18 +121,6 @@ def extract_region(image: sitk.Image | str | Path, mask: sitk.Image | str | Path
     return execute(build_extractor(params), image, mask, label)
 
 
-def params_digest(params: dict | str | Path) -> str:
-    """SHA-1 of a parameter dict (canonical JSON) or of a parameter file's bytes."""
-    if isinstance(params, (str, Path)):
-        return "file:" + hashlib.sha1(Path(params).read_bytes()).hexdigest()
-    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def short_hash(obj: Any, length: int = 16) -> str:
-    """Short SHA-1 of a JSON-serialisable object (keys sorted)."""
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
-
-
 @dataclass(frozen=True)
 class Unit:
     """One cached piece of work per habitat: an image type with its custom arguments.
@@ -213,22 +201,52 @@ def _memoised_bin_image(real):
     return bin_image
 
 
-def install_binning_memo() -> None:
-    """Install :func:`_memoised_bin_image` once per process (idempotent)."""
+_MEMO_LOCK = threading.Lock()
+_MEMO_DEPTH = 0  # how many binning_memo blocks are open in this process (all threads)
+_MEMO_REAL = None  # PyRadiomics' own binImage while the wrapper is installed
+
+
+@contextmanager
+def binning_memo(enabled: bool = True) -> Iterator[None]:
+    """Memoise PyRadiomics' ``imageoperations.binImage`` (see :func:`_memoised_bin_image`) inside
+    the block, and restore PyRadiomics' own function when the last open block ends.
+
+    The engine opens one block per (subject, sequence) item, so nothing outside radfusion's
+    extraction (a user's own ``RadiomicsFeatureExtractor.execute`` in the same process, the
+    tests' plain PyRadiomics reference) ever runs through the wrapper. Blocks may nest or overlap
+    across threads (Dask's threaded workers): a process-wide count installs the wrapper on the
+    first and restores the original on the last. The values are identical either way; only the
+    time changes, and ``enabled=False`` (``features.memo_binning: false``) leaves PyRadiomics as it is.
+    """
+    global _MEMO_DEPTH, _MEMO_REAL
+    if not enabled:
+        yield
+        return
     from radiomics import imageoperations
 
-    if not getattr(imageoperations.binImage, "radfusion_memo", False):
-        imageoperations.binImage = _memoised_bin_image(imageoperations.binImage)
+    with _MEMO_LOCK:
+        if _MEMO_DEPTH == 0:
+            _MEMO_REAL = imageoperations.binImage
+            imageoperations.binImage = _memoised_bin_image(_MEMO_REAL)
+        _MEMO_DEPTH += 1
+    try:
+        yield
+    finally:
+        _BIN_MEMO.last = None  # drop this thread's copies of the last image and mask
+        with _MEMO_LOCK:
+            _MEMO_DEPTH -= 1
+            if _MEMO_DEPTH == 0:
+                imageoperations.binImage, _MEMO_REAL = _MEMO_REAL, None
 
 
 def build_plan(params: dict | str | Path) -> Plan:
     """The extraction plan of a PyRadiomics configuration (memoised per process)."""
     import radiomics
 
-    digest = params_digest(params)
+    # A parameter file by its content: editing it between two calls gives a new plan.
+    digest = "file:" + file_sha1(params) if isinstance(params, (str, Path)) else settings_hash(params, None)
     if digest in _PLANS:
         return _PLANS[digest]
-    install_binning_memo()
     extractor = build_extractor(params)
     settings = dict(extractor.settings)
     settings["label"] = 1  # radfusion builds every habitat mask with 1 inside
@@ -240,11 +258,11 @@ def build_plan(params: dict | str | Path) -> Plan:
     shape_classes = {k: v for k, v in enabled.items() if k.startswith("shape")}
     resample = settings.get("resampledPixelSpacing") is not None and settings.get("interpolator") is not None
     common = {k: v for k, v in settings.items() if k not in _ENGINE_SETTINGS}
-    prep_key = short_hash({"settings": common, "pyradiomics": str(radiomics.__version__)})
+    prep_key = settings_hash({"settings": common, "pyradiomics": str(radiomics.__version__)}, 16)
 
     units: list[Unit] = []
     if texture_classes:
-        classes_key = short_hash(texture_classes, 8)
+        classes_key = settings_hash(texture_classes, 8)
         for image_type, custom in extractor.enabledImagetypes.items():
             custom = dict(custom or {})
             if image_type == "LoG":
@@ -254,11 +272,11 @@ def build_plan(params: dict | str | Path) -> Plan:
             else:
                 pieces = [custom]
             for kw in pieces:
-                key = f"{image_type}:{short_hash([image_type, kw, classes_key], 12)}"
+                key = f"{image_type}:{settings_hash([image_type, kw, classes_key], 12)}"
                 box_dependent = image_type != "Original" or resample
                 units.append(Unit(image_type, kw, key, image_type not in MASK_DEPENDENT_IMAGE_TYPES,
                                   box_dependent))
-    shape_key = f"shape:{short_hash([shape_classes, settings.get('resegmentShape', False)], 12)}" \
+    shape_key = f"shape:{settings_hash([shape_classes, settings.get('resegmentShape', False)], 12)}" \
         if shape_classes else None
     plan = Plan(extractor, settings, units, shape_key, prep_key, bool(settings.get("normalize", False)),
                 resample)

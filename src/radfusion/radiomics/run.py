@@ -1,8 +1,9 @@
 """``run_extraction(cfg)``: the work behind ``scripts/extract_features.py``.
 
-Reads the cohort named in ``cfg.cohort`` (any layout :func:`radfusion.cohort.subject.load_cohort`
-knows, or the built-in synthetic cohort), extracts its habitat radiomics through the shared cache
-and writes, into ``cfg.output_dir``:
+Reads the cohort named in ``cfg.cohort`` (a ``configs/cohort/`` block: any layout
+:func:`radfusion.cohort.readers.load_cohort` knows, or the built-in synthetic cohort) through
+:func:`radfusion.cohort.readers.cohort_from_config`, the reader train.py and segment.py share, extracts
+its habitat radiomics through the shared cache and writes, into ``cfg.output_dir``:
 
 - ``features.parquet``: one row per subject (index ``subject_id``), columns
   ``<habitat>_<sequence>_<imagetype>_<class>_<feature>``, ``<habitat>_shape_<feature>``,
@@ -23,34 +24,18 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from radfusion.cohort.readers import load_cohort
-from radfusion.cohort.subject import Cohort
+from radfusion.cohort.readers import cohort_from_config
 from radfusion.radiomics.extract import extract_cohort
 from radfusion.radiomics.settings import FeatureSettings
 
 log = logging.getLogger(__name__)
 
 
-def cohort_from_config(cfg: DictConfig) -> Cohort:
-    """The cohort of ``cfg.cohort`` (generating the synthetic one first if asked for)."""
-    c = cfg.cohort
-    path, source = c.path, c.source
-    if source == "synthetic":
-        from radfusion.synthetic.generator import generate_cohort
-
-        syn = OmegaConf.to_container(cfg.synthetic, resolve=True)
-        syn["shape"] = tuple(syn["shape"])
-        path, source = generate_cohort(path, progress=cfg.get("progress", True), **syn), "manifest"
-    conv = c.get("label_convention", "brats2021")
-    conv = OmegaConf.to_container(conv) if isinstance(conv, DictConfig) else conv
-    return load_cohort(source, path, c.get("clinical"), conv)
-
-
 def run_extraction(cfg: DictConfig) -> Path:
     """Extract and write the feature table of ``cfg.cohort``; returns the output folder."""
     t0 = time.perf_counter()
     settings = FeatureSettings.from_config(cfg.features)
-    cohort = cohort_from_config(cfg)
+    cohort = cohort_from_config(cfg.cohort, progress=cfg.get("progress", True))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     log.info("extracting %d subjects x %d sequences x %d habitats (%s backend, n_jobs=%s) into %s",

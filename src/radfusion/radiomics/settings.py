@@ -9,12 +9,11 @@ mean "not set" (so a config can carry ``binCount: null`` next to ``binWidth: 25`
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from radfusion.cache import file_sha1, settings_hash
 from radfusion.cohort.habitats import ALL_HABITATS, HABITATS
 from radfusion.cohort.subject import SEQUENCES
 
@@ -56,8 +55,9 @@ DEFAULT_PYRADIOMICS_PARAMS: dict[str, Any] = {
 #: Config keys that belong to neighbouring machinery and are ignored here.
 _IGNORED_CONFIG_KEYS = {"cache_dir"}
 
-#: Fields that change how the work is scheduled, never the features (kept out of the cache key).
-_SCHEDULING_FIELDS = ("n_jobs", "backend", "scheduler")
+#: Fields that change how the work is done, never the features (kept out of the cache key; a new
+#: such field must be added here, or every existing feature cache would be recomputed).
+_EXECUTION_FIELDS = ("n_jobs", "backend", "scheduler", "memo_binning")
 
 
 @dataclass
@@ -81,6 +81,9 @@ class FeatureSettings:
         n_jobs: parallel worker processes (-1 = all cores; does not change the features).
         backend: ``"loky"`` (processes on this machine) or ``"dask"`` (a Dask distributed cluster).
         scheduler: Dask scheduler address (``tcp://host:8786``); None starts a LocalCluster.
+        memo_binning: reuse PyRadiomics' grey-level binning between the feature classes of one
+            habitat (:func:`radfusion.radiomics.pyrad.binning_memo`); identical values, ~20 % faster
+            on large habitats. Off leaves PyRadiomics' ``binImage`` untouched (for profiling it).
     """
 
     params: dict = field(default_factory=lambda: copy.deepcopy(DEFAULT_PYRADIOMICS_PARAMS))
@@ -96,6 +99,7 @@ class FeatureSettings:
     n_jobs: int = 1
     backend: str = "loky"
     scheduler: str | None = None
+    memo_binning: bool = True
 
     def __post_init__(self) -> None:
         if self.normalize not in ("zscore", "none"):
@@ -108,6 +112,8 @@ class FeatureSettings:
         unknown = [s for s in self.sequences if s not in SEQUENCES]
         if unknown or len(set(self.sequences)) != len(list(self.sequences)) or not list(self.sequences):
             raise ValueError(f"sequences must be distinct names from {list(SEQUENCES)}, got {list(self.sequences)}")
+        if not isinstance(self.memo_binning, bool):
+            raise ValueError(f"memo_binning must be true or false, got {self.memo_binning!r}")
         if not self.ring_mm > 0:
             raise ValueError(f"ring_mm must be > 0 mm, got {self.ring_mm}")
         if self.params_file is not None and not Path(self.params_file).is_file():
@@ -157,7 +163,8 @@ class FeatureSettings:
         return cls(**kwargs)
 
     def cache_key(self) -> str:
-        """SHA-1 hex of exactly what changes the feature table (not ``n_jobs``/``backend``/``scheduler``).
+        """SHA-1 hex of exactly what changes the feature table (not ``n_jobs``, ``backend``,
+        ``scheduler`` or ``memo_binning``).
 
         It names the folder of ``features.parquet``; the per-(subject, sequence) cache below it is
         keyed more finely (see :mod:`radfusion.radiomics.engine`). A parameter file enters by its
@@ -167,16 +174,15 @@ class FeatureSettings:
         import radiomics
 
         state = asdict(self)
-        for name in _SCHEDULING_FIELDS:
+        for name in _EXECUTION_FIELDS:
             state.pop(name)
         if "RING" not in self.habitats:
             state.pop("ring_mm")  # irrelevant without the ring: old keys stay valid
         if self.params_file is not None:
             state.pop("params")
-            state["params_file"] = hashlib.sha1(Path(self.params_file).read_bytes()).hexdigest()
+            state["params_file"] = file_sha1(self.params_file)
         else:
             state["params"] = self.pyradiomics_params
         state["pyradiomics"] = str(radiomics.__version__)
         state["schema"] = FEATURE_SCHEMA_VERSION
-        blob = json.dumps(state, sort_keys=True, default=str, separators=(",", ":"))
-        return hashlib.sha1(blob.encode()).hexdigest()
+        return settings_hash(state, None, compact=True)

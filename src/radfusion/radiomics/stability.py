@@ -29,6 +29,7 @@ import pandas as pd
 from scipy import ndimage, stats
 
 from radfusion.cohort.habitats import convention_labels
+from radfusion.cohort.subject import GEOMETRY_TOLERANCE
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +184,14 @@ def read_icc_table(table) -> pd.Series:
 
 def perturbed_features(subject, settings, label_convention: str | dict = "brats2021",
                        perturbations: Sequence[str] = PERTURBATIONS, work_dir: str | Path | None = None,
-                       seed: int = 0, noise_fraction: float = 0.3) -> pd.DataFrame:
+                       seed: int = 0, noise_fraction: float = 0.3,
+                       tolerance: float = GEOMETRY_TOLERANCE) -> pd.DataFrame:
     """Features of one subject under the original and each perturbed mask.
 
     Each perturbed mask is written (same geometry as the original) to ``work_dir`` (a temporary
     folder by default) and extracted with :func:`radfusion.radiomics.extract.extract_subject` on a
     copy of the subject whose ``seg`` points at it. Perturbation acts on the native grid.
+    ``tolerance`` is the image/mask geometry tolerance (the cohort's ``geometry_tolerance``).
 
     Returns:
         One row per condition (``original``, then ``perturbations``), columns ``subject_id``,
@@ -208,7 +211,7 @@ def perturbed_features(subject, settings, label_convention: str | dict = "brats2
     if brain.shape != seg.shape:
         raise ValueError(f"subject {sid}: image {first} and segmentation {subject.seg} differ in size")
     rows = []
-    features, _ = extract_subject(subject, settings, label_convention)
+    features, _ = extract_subject(subject, settings, label_convention, tolerance)
     rows.append({"subject_id": sid, "condition": "original", **features})
     subject_seed = seed + zlib.crc32(sid.encode())
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -219,15 +222,15 @@ def perturbed_features(subject, settings, label_convention: str | dict = "brats2
             path = Path(tmp) / f"{sid}_seg_{kind}.nii.gz"
             sitk.WriteImage(img, str(path))
             copy = dataclasses.replace(subject, seg=path)
-            features, _ = extract_subject(copy, settings, label_convention)
+            features, _ = extract_subject(copy, settings, label_convention, tolerance)
             rows.append({"subject_id": sid, "condition": kind, **features})
     return pd.DataFrame(rows)
 
 
-def _one(subject, settings, label_convention, perturbations, work_dir, seed, noise_fraction):
+def _one(subject, settings, label_convention, perturbations, work_dir, seed, noise_fraction, tolerance):
     try:
         return perturbed_features(subject, settings, label_convention, perturbations, work_dir, seed,
-                                  noise_fraction), None
+                                  noise_fraction, tolerance), None
     except Exception as err:  # noqa: BLE001 - one bad subject must not end the study
         return None, f"subject {subject.subject_id}: {type(err).__name__}: {err} (segmentation {subject.seg})"
 
@@ -245,7 +248,8 @@ def stability_study(cohort, settings, perturbations: Sequence[str] = PERTURBATIO
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    jobs = (delayed(_one)(s, settings, cohort.label_convention, tuple(perturbations), work_dir, seed, noise_fraction)
+    jobs = (delayed(_one)(s, settings, cohort.label_convention, tuple(perturbations), work_dir, seed, noise_fraction,
+                          cohort.geometry_tolerance)
             for s in cohort.subjects)
     results = Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
     frames, failures = [], {}

@@ -28,8 +28,8 @@ from pathlib import Path
 import pandas as pd
 import SimpleITK as sitk
 
-from radfusion.cache import files_sha1
-from radfusion.cohort.readers import read_manifest
+from radfusion.cache import atomic_path, atomic_write_text, files_sha1
+from radfusion.cohort.readers import cohort_from_config, read_manifest
 from radfusion.cohort.subject import SEQUENCES, Cohort, CohortError
 from radfusion.cohort.validate import validate_subject
 from radfusion.segmentation.labels import SegmentationError
@@ -88,15 +88,13 @@ def _table_from_cohort(cohort: Cohort, base: Path) -> pd.DataFrame:
 
 
 def _write_mask(mask: sitk.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
-    sitk.WriteImage(mask, str(tmp), True)
-    os.replace(tmp, path)  # a mask exists whole or not at all
+    with atomic_path(path, suffix=".nii.gz") as tmp:  # a mask exists whole or not at all
+        sitk.WriteImage(mask, str(tmp), True)
 
 
 def _write_manifest(table: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def segment_cohort(cohort: Cohort, segmenter: NNUNetSegmenter, output_manifest: str | Path, seg_dir: str | Path,
@@ -155,7 +153,8 @@ def segment_cohort(cohort: Cohort, segmenter: NNUNetSegmenter, output_manifest: 
                     validate_subject(dataclasses.replace(subject, seg=None), cohort.label_convention, tolerance)
                     mask, seconds = segmenter.predict(subject, cohort.label_convention)
                     _write_mask(mask, mask_path)
-                    sidecar.write_text(json.dumps({"key": key, "seconds": seconds, "provenance": prov}, indent=1))
+                    atomic_write_text(sidecar, json.dumps({"key": key, "seconds": seconds, "provenance": prov},
+                                                          indent=1))
                     run.status[sid] = "predicted"
             except (CohortError, SegmentationError, OSError) as err:
                 msg = str(err) if str(err).startswith(f"subject {sid}") else f"subject {sid}: {err}"
@@ -250,10 +249,8 @@ def run_segmentation(cfg) -> SegmentationRun:
     if coh["source"] == "manifest":
         run = segment_manifest(coh["path"], segmenter, c.get("output_manifest"), c.get("seg_dir"),
                                coh.get("label_convention", "brats2021"), **opts)
-    else:
-        from radfusion.cohort.readers import load_cohort
-
-        cohort = load_cohort(coh["source"], coh["path"], coh.get("clinical"), coh.get("label_convention", "brats2021"))
+    else:  # a folder layout (or the synthetic cohort): read as train.py and extract_features.py read it
+        cohort = cohort_from_config(coh, progress=c.get("progress", True))
         out = Path(c["output_dir"])
         run = segment_cohort(cohort, segmenter, c.get("output_manifest") or out / "manifest.csv",
                              c.get("seg_dir") or out / "nnunet_seg", **opts)

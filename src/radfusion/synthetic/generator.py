@@ -75,7 +75,6 @@ between timepoints predicts response better than either scan.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -84,6 +83,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from radfusion.cache import atomic_path
 from radfusion.synthetic.anatomy import (
     BRAIN_SEMI_AXES,
     SEQUENCES,
@@ -159,9 +159,8 @@ def _write_nifti(arr: np.ndarray, path: Path, affine: np.ndarray) -> None:
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
-    tmp = path.with_name(path.name.replace(".nii.gz", ".tmp.nii.gz"))
-    img.to_filename(tmp)
-    os.replace(tmp, path)  # a file either exists whole or not at all
+    with atomic_path(path, suffix=".nii.gz") as tmp:  # a file either exists whole or not at all
+        img.to_filename(tmp)
 
 
 def _key(n_subjects, shape, spacing, n_sites, seed, missing_rate, effect_scale, n_timepoints) -> dict:

@@ -6,7 +6,8 @@ stores it as ``<cache>/embeddings/<Encoder>-<weights hash>/<ROI settings key>/<s
 checksum>.npy``: the key covers the backbone weights and stage selection, the ROI settings and the
 content of the subject's image files, so any change makes a new entry and deleting the folder is
 always safe. The datamodule then serves these ``(raw_features,)`` vectors in place of the ROI volumes
-(:meth:`RadFusionDataModule.use_frozen_encoder`) and only the fusion head trains: one epoch is a few
+(:func:`use_frozen_encoder` hands them to
+:meth:`RadFusionDataModule.set_embeddings` before training) and only the fusion head trains: one epoch is a few
 small matrix products, so a sweep trial takes seconds on a CPU.
 
 Augmentation does not apply in frozen mode (an augmented view would be a new embedding each epoch).
@@ -101,3 +102,15 @@ def compute_embeddings(encoder: torch.nn.Module, roi_paths: dict[str, Path], cac
         raise EmbeddingError(f"cached embeddings have shapes {sorted(dims)}, the encoder gives "
                              f"({encoder.raw_features},); delete {Path(cache_dir) / 'embeddings'}")
     return out
+
+
+def use_frozen_encoder(model: torch.nn.Module, dm) -> bool:
+    """With a frozen image encoder, compute (or load) every subject's embedding once and hand the
+    datamodule these instead of the ROI volumes. Training calls this before ``fit``; the model never
+    reaches into the data. Returns whether embeddings are now served."""
+    encoder = getattr(getattr(model, "net", None), "encoder", None)
+    if not getattr(encoder, "frozen", False) or not dm.use_images:
+        return False
+    dm.set_embeddings(compute_embeddings(encoder, {s: dm.roi_paths[s] for s in dm.ids}, dm.cache_dir,
+                                         batch_size=max(dm.batch_size, 8), progress=dm.progress))
+    return True

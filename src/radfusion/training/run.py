@@ -13,24 +13,20 @@ A run folder (``cfg.paths.output_dir``) holds::
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from radfusion.data.splits import SPLITS
-from radfusion.evaluation.metrics import auc_with_ci
-from radfusion.evaluation.plots import plot_roc
-from radfusion.models.lit_module import harrell_c
+from radfusion.training.frozen import use_frozen_encoder
+from radfusion.training.predictions import add_subject_columns, predict_splits, write_run_outputs
 
 log = logging.getLogger(__name__)
 
@@ -40,70 +36,6 @@ def _instantiate_list(cfg: DictConfig | None) -> list:
     if not cfg:
         return []
     return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
-
-
-def _predict(trainer: pl.Trainer, model: pl.LightningModule, dm, ckpt_path: str | None) -> pd.DataFrame:
-    """Probabilities for every subject of every split, from the selected checkpoint."""
-    if ckpt_path:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
-        model.load_state_dict(state)
-    model.eval()
-    rows = []
-    with torch.no_grad():
-        for split in SPLITS:
-            for batch in dm.split_dataloader(split):
-                pred = model.outputs_to_predictions(model(batch))
-                labels = batch["labels"].numpy().copy()
-                labels[batch["label_mask"].numpy() == 0] = np.nan
-                for i, sid in enumerate(batch["subject_id"]):
-                    row = {"subject_id": sid, "split": split, "fold": dm.fold}
-                    for t, name in enumerate(dm.targets):
-                        row[f"prob_{name}"] = float(pred["probs"][i, t])
-                        row[f"label_{name}"] = float(labels[i, t])
-                    if "risk" in pred:
-                        row["risk"] = float(pred["risk"][i])
-                    rows.append(row)
-    return add_subject_columns(pd.DataFrame(rows), dm)
-
-
-def add_subject_columns(predictions: pd.DataFrame, dm) -> pd.DataFrame:
-    """Site and survival columns of the data contract, so evaluation needs only this file."""
-    clinical = dm.cohort.clinical
-    if "repeat" not in predictions:
-        predictions.insert(3, "repeat", int(getattr(dm, "repeat", 0)))
-    predictions["site"] = clinical.loc[predictions["subject_id"], "site"].to_numpy()
-    if getattr(dm, "survival_target", False):
-        for col in ("os_days", "os_event"):
-            predictions[col] = dm.survival.loc[predictions["subject_id"], col].to_numpy()
-    return predictions
-
-
-def write_run_outputs(out_dir: Path, predictions: pd.DataFrame, targets: list[str], extra: dict,
-                      n_boot: int = 2000) -> dict:
-    """predictions.csv, metrics.json (with bootstrap CIs) and roc.png from a predictions table."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    predictions.to_csv(out_dir / "predictions.csv", index=False)
-    metrics = dict(extra)
-    if "risk" in predictions:
-        for split in ("val", "test"):
-            part = predictions[predictions["split"] == split]
-            metrics[f"{split}/cindex"] = harrell_c(part["os_days"].to_numpy(float), part["os_event"].to_numpy(float),
-                                                   part["risk"].to_numpy(float))
-    for name in targets:
-        for split in ("val", "test"):
-            part = predictions[predictions["split"] == split]
-            res = auc_with_ci(part[f"label_{name}"], part[f"prob_{name}"], n_boot=n_boot)
-            for k, v in res.items():
-                metrics[f"{split}/auc_{name}" if k == "auc" else f"{split}/auc_{name}_{k}"] = v
-        curves = {s: (predictions.loc[predictions.split == s, f"label_{name}"],
-                      predictions.loc[predictions.split == s, f"prob_{name}"]) for s in ("test", "val")}
-        plot_roc(curves, out_dir / ("roc.png" if name == targets[0] else f"roc_{name}.png"),
-                 f"{extra.get('experiment', '')} — {name.upper()}")
-    if targets:
-        test_aucs = [metrics[f"test/auc_{t}"] for t in targets if not math.isnan(metrics[f"test/auc_{t}"])]
-        metrics["test/auc"] = float(np.mean(test_aucs)) if test_aucs else float("nan")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    return metrics
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
@@ -131,6 +63,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     callbacks = _instantiate_list(cfg.get("callbacks"))
     loggers = _instantiate_list(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    use_frozen_encoder(model, dm)
 
     if cfg.get("train", True):
         trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
@@ -141,7 +74,7 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     if cfg.get("test", True):
         test_metrics = trainer.test(model, datamodule=dm, ckpt_path=ckpt or None)[0]
 
-    predictions = _predict(trainer, model, dm, ckpt or None)
+    predictions = predict_splits(trainer, model, dm, ckpt or None)
     extra = _run_summary(cfg, dm, mode, t0, t_data)
     extra.update({"best_checkpoint": ckpt, "epochs": trainer.current_epoch,
                   **{k: float(v) for k, v in model.best.items() if math.isfinite(v)}})

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from radfusion.cache import chunks_sha1
 from radfusion.models.pretrained import load_matching
 
 COMBINE = ("concat", "project")
@@ -119,10 +120,11 @@ class StageEncoder(nn.Module):
 
     def backbone_hash(self) -> str:
         """SHA-1 of the backbone's weights and the stage selection (the embedding cache key)."""
-        import hashlib
 
-        h = hashlib.sha1(f"{type(self).__name__}:{self.stages}".encode())
-        for name, tensor in sorted(self.net.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
-        return h.hexdigest()
+        def chunks():  # one tensor's bytes at a time, never the whole model's
+            yield f"{type(self).__name__}:{self.stages}"
+            for name, tensor in sorted(self.net.state_dict().items()):
+                yield name
+                yield tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes()
+
+        return chunks_sha1(chunks())
