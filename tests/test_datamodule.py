@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-import radfusion.data.datamodule as dmmod
+import radfusion.data.prepare as dmmod
 from radfusion.cohort.subject import CohortError
 from radfusion.data.splits import load_or_make_fold, make_splits
 
