@@ -114,7 +114,7 @@ def bench_encoder(name: str, roi_paths: list[Path], cohort, size: int, batch: in
     subjects = [s for s in cohort.subjects][:batch]
     c0 = time.process_time()
     for s in subjects:
-        build_roi(s, settings, cohort.label_convention, cohort.geometry_tolerance)
+        build_roi(s, settings, cohort.label_convention, cohort.geometry_tolerance, cohort.brain_mask)
     nifti_cpu = time.process_time() - c0
     c0 = time.process_time()
     for p in roi_paths[:batch]:

@@ -20,6 +20,13 @@ from radfusion.imaging.roi import ROISettings, build_roi_cache
 from radfusion.radiomics.extract import extract_cohort
 
 
+def _inside(shape: tuple[int, ...]) -> np.ndarray:
+    """All but a 2-voxel frame: the "brain" of :func:`write_case` (the tumour lies in voxels 4-9)."""
+    inside = np.zeros(shape, bool)
+    inside[2:-2, 2:-2, 2:-2] = True
+    return inside
+
+
 def write_case(root: Path, sid: str, seg_labels=(1, 2, 4), spacing=(1.0, 1.0, 1.0), shape=(16, 16, 16)) -> Path:
     """A minimal BraTS-2021-layout subject: 4 sequences + seg with the given labels."""
     case = root / sid
@@ -27,8 +34,9 @@ def write_case(root: Path, sid: str, seg_labels=(1, 2, 4), spacing=(1.0, 1.0, 1.
     rng = np.random.default_rng(0)
     affine = np.diag([*spacing, 1.0])
     for seq in SEQUENCES:
-        nib.save(nib.Nifti1Image(rng.normal(100, 10, shape).astype(np.float32), affine),
-                 case / f"{sid}_{seq}.nii.gz")
+        arr = rng.normal(100, 10, shape).astype(np.float32)
+        arr[~_inside(shape)] = 0  # skull-stripped: a zero background (validation checks it)
+        nib.save(nib.Nifti1Image(arr, affine), case / f"{sid}_{seq}.nii.gz")
     seg = np.zeros(shape, np.uint8)
     for i, lab in enumerate(seg_labels):
         seg[4 + 2 * i: 6 + 2 * i, 4:10, 4:10] = lab
@@ -66,15 +74,16 @@ def test_manifest_reads_paths_and_markers(tmp_path):
 def test_bad_marker_value_names_subject(tmp_path):
     write_case(tmp_path, "a")
     path = write_manifest(tmp_path, ["a"], idh=["maybe"])
-    with pytest.raises(CohortError, match=r"subject a.*'idh'.*maybe"):
+    with pytest.raises(CohortError, match=r"column 'idh': 'maybe' in 1 subject\(s\) \(a\)"):
         read_manifest(path)
 
 
 def test_missing_sequence_names_subject_and_file(tmp_path):
+    # A missing file is a fact the reader records; refusing it (missing_sequences=error) names the file.
     write_case(tmp_path, "s1")
     (tmp_path / "s1" / "s1_t2.nii.gz").unlink()
-    with pytest.raises(CohortError, match=r"subject s1: missing sequence t2.*s1_t2\.nii\.gz"):
-        read_brats2021(tmp_path)
+    with pytest.raises(CohortError, match=r"subject s1: missing sequence\(s\) \['t2'\].*s1_t2\.nii\.gz"):
+        validate_cohort(read_brats2021(tmp_path), missing_sequences="error")
 
 
 def test_unreadable_file_names_subject_and_file(tmp_path):
@@ -122,8 +131,8 @@ def test_non_finite_intensities(tmp_path):
 def test_duplicate_subject_in_manifest(tmp_path):
     write_case(tmp_path, "a")
     path = write_manifest(tmp_path, ["a", "a"])
-    with pytest.raises(CohortError, match="duplicate subject_id"):
-        read_manifest(path)
+    with pytest.raises(CohortError, match="duplicate subject_id"):  # refused by validation (skip_invalid drops it)
+        validate_cohort(read_manifest(path))
 
 
 def test_skip_invalid_keeps_the_others(tmp_path):
@@ -162,8 +171,8 @@ def test_longitudinal_manifest_keeps_patient_for_splits(tmp_path):
     assert cohort.ids == ["a_tp0", "a_tp1", "b_tp0"]
     assert cohort.clinical["patient_id"].tolist() == ["a", "a", "b"]
     bad = write_manifest(tmp_path, ["a", "a"], timepoint=[0, 0])
-    with pytest.raises(CohortError, match="repeated"):
-        read_manifest(bad)
+    with pytest.raises(CohortError, match=r"duplicate subject_id.*a_tp0"):
+        validate_cohort(read_manifest(bad))
 
 
 def test_non_scalar_image_is_refused_by_validation(tmp_path):

@@ -125,7 +125,7 @@ def test_bad_input_names_the_file_subject_and_value(tmp_path):
     with pytest.raises(CohortError, match=r"no id column 'subject_id'.*ID"):
         load_feature_table(f, None)
     f.write_text("subject_id,x,idh\nA,1,mutant\nB,2,maybe\n")
-    with pytest.raises(CohortError, match=r"f.csv: subject B: column 'idh' has value 'maybe'"):
+    with pytest.raises(CohortError, match=r"f.csv: 1 marker value.*\n  column 'idh': 'maybe' in 1 subject\(s\) \(B\)"):
         load_feature_table(f, None)
     f.write_text("subject_id,x,y\nA,1,2\nB,2,3 mm\n")
     with pytest.raises(CohortError, match=r"column 'y' is numeric but subject B has '3 mm'"):

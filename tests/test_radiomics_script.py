@@ -27,18 +27,22 @@ def test_extract_features_script_writes_the_table(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "scripts" / "extract_features.py"), "cohort=manifest",
            f"cohort.path={tmp_path / 'manifest.csv'}", f"paths.cache_dir={tmp_path / 'cache'}",
            f"hydra.run.dir={out}", "features.sequences=[t1ce,flair]", "features.n_jobs=1", "progress=false",
-           "~features.params.featureClass", "+features.params.featureClass={shape: null, firstorder: null}"]
+           "~features.params.featureClass", "+features.params.featureClass={shape: null, firstorder: null}",
+           # validated first, as by train.py: P3 is dropped (skip_invalid), and accepted (allow_failures);
+           # without them the script exits 1 (tests/test_failures.py)
+           "cohort.skip_invalid=true", "allow_failures=true"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 of 3 subjects" in proc.stdout
+    assert "2 of 3 subjects" in proc.stdout and "1 failed (1 validation, 0 extraction" in proc.stdout
     df = pd.read_parquet(out / "features.parquet")
     assert list(df.index) == ["P1", "P2"]
     assert "WT_flair_original_firstorder_Mean" in df.columns and "ET_shape_MeshVolume" in df.columns
     assert not any("_glcm_" in c for c in df.columns)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed"] == 1 and str(subjects[2].images["t1ce"]) in summary["failures"]["P3"]
-    assert pd.read_csv(out / "failures.csv")["subject_id"].tolist() == ["P3"]
-    assert len(pd.read_csv(out / "diagnostics.csv")) == 6
+    assert summary["failures"]["P3"].startswith("validation: ")
+    assert pd.read_csv(out / "failures.csv")[["subject_id", "step"]].values.tolist() == [["P3", "validation"]]
+    assert len(pd.read_csv(out / "diagnostics.csv")) == 4  # the 2 valid subjects x 2 sequences
 
 
 def _block(node) -> dict:
@@ -74,7 +78,8 @@ def test_train_extract_and_segment_compose_one_cohort_group() -> None:
     segment = compose_config("segment.yaml", ["cohort.path=/m.csv", "model.folder=/m"])
     assert manifest == _block(segment.cohort) == {
         "source": "manifest", "path": "/m.csv", "clinical": None, "label_convention": "brats2021",
-        "skip_invalid": False, "geometry_tolerance": 1e-3}
+        "skip_invalid": False, "geometry_tolerance": 1e-3, "brain_mask": "auto",
+        "sequences": ["t1", "t1ce", "t2", "flair"], "missing_sequences": "auto", "label_values": None}
     assert _block(compose_train_cfg(["cohort@data.cohort=manifest", "data.cohort.path=/m.csv"]).data.cohort) == manifest
     seg_nnunet = compose_config("segment.yaml", ["cohort=nnunet", "cohort.path=/n", "model.folder=/m"])
     assert _block(seg_nnunet.cohort)["clinical"] is None and seg_nnunet.cohort.label_convention == "auto"

@@ -106,13 +106,14 @@ def test_reader_errors_name_the_file(tmp_path: Path, layouts) -> None:
     shutil.copytree(layouts["brats2023"], broken)
     victim = next((broken / "BraTS-GLI-00002-000").glob("*t2f*"))
     victim.unlink()
+    # a missing file is recorded (missing sequence); refusing it names the file it expected
     with pytest.raises(CohortError, match=r"BraTS-GLI-00002-000.*flair.*BraTS-GLI-00002-000-t2f\.nii\.gz"):
-        read_brats2023(broken)
+        validate_cohort(read_brats2023(broken), missing_sequences="error")
     nn = tmp_path / "nn"
     shutil.copytree(layouts["nnunet"], nn)
     (nn / "imagesTr" / "BraTS-GLI-00001-000_0003.nii.gz").unlink()
     with pytest.raises(CohortError, match=r"BraTS-GLI-00001-000.*t2.*_0003\.nii\.gz"):
-        read_nnunet_raw(nn)
+        validate_cohort(read_nnunet_raw(nn), missing_sequences="error")
     meta = json.loads((nn / "dataset.json").read_text())
     meta["channel_names"] = {"0": "PD", "1": "T1", "2": "T1ce", "3": "T2"}
     (nn / "dataset.json").write_text(json.dumps(meta))

@@ -10,6 +10,8 @@ What is dropped from the features, and reported: PyRadiomics ``diagnostics_*`` c
 ``Image``/``Mask``/``Label`` settings columns, any other column without a single number (paths,
 settings, free text), and any column that is a label (so a label can never leak in as a feature).
 IDs present in only one of the two tables are reported (how many, which) and left out of the join.
+An ID on several rows, or a row without an ID, stops the run, or with ``skip_invalid`` is logged and
+dropped (every row of that ID, from both tables), like any other validation failure.
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from radfusion.cohort.clinical import CLINICAL_COLUMNS, MARKERS, clinical_frame, parse_marker
+from radfusion.cohort.clinical import (
+    CLINICAL_COLUMNS,
+    MARKERS,
+    clinical_frame,
+    parse_marker,
+    read_delimited,
+    sniff_separator,
+)
 from radfusion.cohort.subject import CohortError
 
 log = logging.getLogger(__name__)
@@ -38,33 +47,53 @@ _EVENT_WORDS = {"dead": 1.0, "deceased": 1.0, "died": 1.0, "death": 1.0, "event"
 _ROMAN = {"i": 1.0, "ii": 2.0, "iii": 3.0, "iv": 4.0}
 
 
-def _read_table(path: str | Path, id_column: str, what: str) -> pd.DataFrame:
+def _read_table(path: str | Path, id_column: str, what: str,
+                skip_invalid: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The table indexed by ``subject_id`` and ``{id: reason}`` of the rows dropped by ``skip_invalid``."""
     path = Path(path)
     if not path.is_file():
         raise CohortError(f"{what} table {path} does not exist")
     suffix = "".join(path.suffixes[-2:]).lower()
+    sep = ","
     if suffix.endswith((".parquet", ".pq")):
         table = pd.read_parquet(path)
     elif suffix.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
-        sep = "\t" if ".tsv" in suffix else ","
         # Everything as text first: unknown markers are then ours to interpret, not pandas'.
-        table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        sep = sniff_separator(path)
+        table = read_delimited(path, f"{what} table", dtype=str, keep_default_na=False)
     else:
         raise CohortError(f"{what} table {path}: unsupported format {suffix!r}; use .csv or .parquet")
     if id_column not in table.columns:
         raise CohortError(f"{what} table {path}: no id column {id_column!r} (columns: {list(table.columns)[:10]}"
-                          f"{' …' if table.shape[1] > 10 else ''}); set data.cohort.id_column")
+                          f"{' …' if table.shape[1] > 10 else ''}; read with {sep!r} as separator); "
+                          "set data.cohort.id_column")
     ids = table[id_column].astype(str).str.strip()
-    if (ids == "").any() or table[id_column].isna().any():
-        rows = np.flatnonzero(((ids == "") | table[id_column].isna()).to_numpy())
-        raise CohortError(f"{what} table {path}: empty {id_column!r} in row(s) {(rows + 2).tolist()[:5]}")
-    dup = ids[ids.duplicated()].unique()
-    if len(dup):
-        raise CohortError(f"{what} table {path}: duplicate {id_column!r} value(s) {list(dup)[:5]} "
-                          f"({len(dup)} in all); one row per subject is expected")
+    invalid: dict[str, str] = {}
+    bad = ((ids == "") | table[id_column].isna()).to_numpy()
+    if bad.any():
+        rows = (np.flatnonzero(bad) + 2).tolist()  # file line numbers (header = line 1)
+        msg = f"{what} table {path}: empty {id_column!r} in row(s) {rows[:5]}"
+        if not skip_invalid:
+            raise CohortError(f"{msg}; or set data.cohort.skip_invalid=true to drop such rows")
+        log.error("skipping invalid rows: %s", msg)
+        invalid.update({f"<{what} table line {r}>": "no subject id" for r in rows})
+    repeated = ids[~bad & ids.duplicated(keep=False)]
+    if len(repeated):
+        counts = repeated.value_counts()
+        msg = (f"{what} table {path}: duplicate {id_column!r} value(s) {sorted(counts.index)[:5]} "
+               f"({len(counts)} in all); one row per subject is expected")
+        if not skip_invalid:
+            raise CohortError(f"{msg}; or set data.cohort.skip_invalid=true to drop every row of them")
+        for sid, n in sorted(counts.items()):
+            invalid[sid] = f"subject {sid}: {n} rows in {what} table {path} (ambiguous: which is meant?)"
+            log.error("skipping invalid subject: %s", invalid[sid])
+    keep = ~bad & ~ids.duplicated(keep=False).to_numpy()
+    table, ids = table[keep], ids[keep]
     table = table.drop(columns=[id_column])
+    if sep == ";":  # a European export: decimal commas ("54,5") in the numbers
+        table = table.replace(r"^\s*([+-]?\d*),(\d+(?:[eE][+-]?\d+)?)\s*$", r"\1.\2", regex=True)
     table.index = pd.Index(ids, name="subject_id")
-    return table
+    return table, invalid
 
 
 def _is_unknown(values: pd.Series, unknown: set[str]) -> pd.Series:
@@ -144,18 +173,16 @@ def _parse_grade(value, subject_id: str) -> float:
         raise CohortError(f"subject {subject_id}: grade has value {value!r}; expected 2-4, II-IV or G2-G4") from None
 
 
-def _clinical(table: pd.DataFrame, label_columns: Mapping[str, str], unknown: set[str], path: Path) -> pd.DataFrame:
+def _clinical(table: pd.DataFrame, label_columns: Mapping[str, str], unknown: set[str], path: Path,
+              label_values: Mapping | None = None) -> pd.DataFrame:
     out = pd.DataFrame(index=table.index)
     for name, source in label_columns.items():
         values = table[source]
         missing = _is_unknown(values, unknown)
         ids = table.index
         if name in MARKERS:
-            try:
-                out[name] = [np.nan if m else parse_marker(v, source, sid)
-                             for v, m, sid in zip(values, missing, ids, strict=True)]
-            except CohortError as err:
-                raise CohortError(f"{path}: {err} (read as {name})") from None
+            # Parsed by clinical_frame below, which reports every unrecognised value at once.
+            out[name] = values.where(~missing).astype(object)
         elif name == "os_event":
             out[name] = [np.nan if m else _parse_event(v, sid) for v, m, sid in zip(values, missing, ids, strict=True)]
         elif name == "grade":
@@ -169,7 +196,8 @@ def _clinical(table: pd.DataFrame, label_columns: Mapping[str, str], unknown: se
         else:  # site, sex, timepoint: text
             out[name] = values.where(~missing).astype(object)
     out.insert(0, "subject_id", out.index.to_numpy())
-    frame = clinical_frame(out.reset_index(drop=True), str(path))
+    frame = clinical_frame(out.reset_index(drop=True), str(path), label_values,
+                           source_columns={k: v for k, v in label_columns.items() if k in MARKERS})
     bad = frame.index[(frame["os_days"] < 0).to_numpy()]
     if len(bad):
         raise CohortError(f"{path}: negative os_days for subject(s) {list(bad[:5])}")
@@ -203,6 +231,8 @@ def load_feature_table(
     id_column: str = "subject_id",
     label_columns: Mapping[str, str] | None = None,
     unknown_values: Iterable[str] = UNKNOWN_VALUES,
+    label_values: Mapping | None = None,
+    skip_invalid: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Load precomputed features and join them with a clinical table by subject ID.
 
@@ -215,31 +245,40 @@ def load_feature_table(
             "os_event": "Dead"}``; ``None`` = contract names used as they are (``idh``, ``os_days`` …).
         unknown_values: cell values (case-insensitive, stripped) meaning unknown → NaN; the cohort
             reader's own unknowns (``nan``, ``n/a``, ``none`` …) are always unknown too.
+        label_values: extra marker spellings ``{column: {value: 1 | 0 | None}}`` (contract column
+            names; see :mod:`radfusion.cohort.clinical`).
+        skip_invalid: drop (and log) every row of an ID given twice and rows without an ID,
+            instead of stopping; they are listed in ``features.attrs["invalid"]``.
 
     Returns:
         ``(features, clinical)``, both indexed by ``subject_id`` in the same order (sorted IDs):
         ``features`` float64 ``(n_subjects, n_features)`` (NaN = missing, imputed in-fold later);
         ``clinical`` with columns ``subject_id, site, age, idh, mgmt, codeletion, grade, os_days
         (days), os_event`` (markers 1/0/NaN; sex/timepoint when mapped). ``features.attrs`` holds
-        ``dropped_columns`` (by reason) and ``unmatched_ids`` (``only_features``, ``only_clinical``).
+        ``dropped_columns`` (by reason), ``unmatched_ids`` (``only_features``, ``only_clinical``) and
+        ``invalid`` (``{id: reason}`` of the rows ``skip_invalid`` dropped).
 
     Raises:
-        CohortError: missing file or ID column, duplicate IDs, a marker value that is neither
-            positive, negative nor unknown, a numeric column with text in it, negative times.
+        CohortError: missing file or ID column, duplicate or empty IDs (unless ``skip_invalid``),
+            marker values that are neither positive, negative nor unknown (all of them in one error),
+            a numeric column with text in it, negative times.
     """
     unknown = {str(v).strip().lower() for v in unknown_values} | {"", "nan", "na", "n/a", "none"}
     fpath = Path(features)
-    ftable = _read_table(fpath, id_column, "feature")
+    ftable, invalid = _read_table(fpath, id_column, "feature", skip_invalid)
     if clinical is None:
         ctable, cpath = ftable, fpath
     else:
         cpath = Path(clinical)
-        ctable = _read_table(cpath, id_column, "clinical")
+        ctable, invalid_c = _read_table(cpath, id_column, "clinical", skip_invalid)
+        invalid.update(invalid_c)
+        # An id dropped from one table is dropped from both (else it is reported as merely unmatched).
+        ftable, ctable = ftable[~ftable.index.isin(invalid)], ctable[~ctable.index.isin(invalid)]
     mapping = _label_columns(label_columns, ctable.columns, str(cpath))
     # A column that is a label in the clinical table is never a feature (label leakage).
     label_sources = set(mapping.values())
     feats = _clean_features(ftable, unknown, fpath, label_sources)
-    clin = _clinical(ctable, mapping, unknown, cpath)
+    clin = _clinical(ctable, mapping, unknown, cpath, label_values)
 
     only_f = sorted(set(feats.index) - set(clin.index))
     only_c = sorted(set(clin.index) - set(feats.index))
@@ -254,7 +293,8 @@ def load_feature_table(
                           f"e.g. {list(feats.index[:3])} vs {list(clin.index[:3])}")
     dropped = feats.attrs["dropped_columns"]
     feats = feats.loc[common]
-    feats.attrs = {"dropped_columns": dropped, "unmatched_ids": {"only_features": only_f, "only_clinical": only_c}}
+    feats.attrs = {"dropped_columns": dropped, "unmatched_ids": {"only_features": only_f, "only_clinical": only_c},
+                   "invalid": invalid}
     clin = clin.loc[common]
     log.info("feature table: %d subjects × %d features joined with %d clinical columns", *feats.shape, clin.shape[1])
     return feats, clin

@@ -2,6 +2,7 @@
 
 - manifest CSV (one row per subject; paths relative to the manifest);
 - BraTS 2021 (``<root>/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz``);
+
 BraTS 2023 GLI and nnU-Net raw layouts, returning the same :class:`Cohort` as
 :func:`radfusion.cohort.subject.read_manifest` and :func:`radfusion.cohort.subject.read_brats2021`.
 
@@ -21,6 +22,10 @@ names matched case-insensitively, e.g. ``t1n/T1w → t1``, ``T1Gd/t1c → t1ce``
 (``{"necrosis": 1, "edema": 2, "enhancing tumor": 3}``) or nnU-Net's BraTS regions
 (``{"whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}`` → ``ET = 3``,
 ``NCR = core − ET = 2``, ``ED = whole − core = 1``, as in nnU-Net's ``Dataset137_BraTS21``).
+
+An optional brain mask per subject (non-zero = brain, on the images' grid) is the manifest column
+``brainmask`` or, in the BraTS 2021 / 2023 layouts, the file ``<id>_brainmask.nii.gz`` (2023 also
+``<id>-brainmask.nii.gz``) beside the sequences; ``data.cohort.brain_mask`` decides whether it is used.
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from radfusion.cohort.clinical import clinical_frame
+from radfusion.cohort.clinical import clinical_frame, read_delimited, separator_hint
 from radfusion.cohort.habitats import convention_labels
-from radfusion.cohort.subject import SEQUENCES, Cohort, CohortError, Subject
+from radfusion.cohort.subject import SEQUENCES, Cohort, CohortError, Subject, check_sequences
+from radfusion.cohort.validate import validate_cohort
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +67,39 @@ def normalise_name(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
-def _attach_clinical(subjects: list[Subject], clinical_csv: str | Path | None, source: str) -> pd.DataFrame:
-    """Clinical table for ``subjects`` (one row each, unknown where the CSV has no row)."""
+def _attach_clinical(subjects: list[Subject], clinical_csv: str | Path | None, source: str,
+                     label_values: Mapping | None = None) -> pd.DataFrame:
+    """Clinical table for ``subjects`` (one row each, unknown where the CSV has no row).
+
+    An id on several CSV rows keeps all of them: which is meant is ambiguous, and validation refuses
+    the subject (or drops it with ``skip_invalid``).
+    """
     ids = [s.subject_id for s in subjects]
     if clinical_csv is None:
         clinical = clinical_frame(pd.DataFrame({"subject_id": ids}), source)
     else:
         if not Path(clinical_csv).is_file():
             raise CohortError(f"clinical CSV {clinical_csv} does not exist")
-        clinical = clinical_frame(pd.read_csv(clinical_csv, dtype={"subject_id": str}), str(clinical_csv))
+        table = read_delimited(clinical_csv, "clinical CSV", dtype={"subject_id": str})
+        clinical = clinical_frame(table, str(clinical_csv), label_values)
         unknown = sorted(set(clinical.index) - set(ids))
         if unknown:
             log.warning("%s: %d clinical rows without images ignored (e.g. %s)", clinical_csv, len(unknown),
                         unknown[:3])
-        clinical = clinical.reindex(ids)
-        clinical["subject_id"] = ids
+        repeated = set(clinical.index[clinical.index.duplicated()])
+        if repeated:
+            single = clinical[~clinical.index.isin(repeated)].reindex([i for i in ids if i not in repeated])
+            clinical = pd.concat([single, clinical[clinical.index.isin(repeated) & clinical.index.isin(ids)]])
+            order = {sid: k for k, sid in enumerate(ids)}
+            clinical = clinical.iloc[np.argsort([order[i] for i in clinical.index], kind="stable")]
+        else:
+            clinical = clinical.reindex(ids)
+        clinical["subject_id"] = clinical.index
+        # A subject without a clinical row is its own patient (splits group by patient_id).
+        clinical["patient_id"] = clinical["patient_id"].fillna(clinical["subject_id"])
         clinical["site"] = clinical["site"].fillna("unknown")
     for s in subjects:
-        s.clinical = clinical.loc[s.subject_id].to_dict()
+        s.clinical = clinical.loc[[s.subject_id]].iloc[0].to_dict()
     return clinical
 
 
@@ -96,38 +117,44 @@ def _brats2023_file(case: Path, suffix: str) -> Path | None:
 
 
 def read_brats2023(root: str | Path, clinical_csv: str | Path | None = None,
-                   label_convention: str | dict = "brats2023") -> Cohort:
+                   label_convention: str | dict = "brats2023", sequences: tuple[str, ...] = SEQUENCES,
+                   label_values: Mapping | None = None) -> Cohort:
     """Read the BraTS 2023 layout ``<root>/<id>/<id>-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (``_`` also accepted).
 
-    A case without ``-seg`` gets ``seg=None`` (validation data). A folder that lacks a sequence
-    raises :class:`CohortError` naming the folder and the expected file.
+    A case without ``-seg`` gets ``seg=None`` (validation data). Only ``sequences`` are read; a folder
+    that lacks one of them gives a subject without it (validation's ``missing_sequences`` decides).
     """
+    sequences = check_sequences(sequences)
     root = Path(root)
     if not root.is_dir():
         raise CohortError(f"BraTS 2023 folder {root} does not exist")
     subjects = []
     for case in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images = {}
-        for seq, suffix in BRATS2023_SUFFIXES.items():
-            f = _brats2023_file(case, suffix)
-            if f is None:
-                raise CohortError(f"subject {case.name}: missing sequence {seq}: expected file "
-                                  f"{case / f'{case.name}-{suffix}.nii.gz'}")
-            images[seq] = f.resolve()
+        absent = {}
+        for seq in sequences:
+            f = _brats2023_file(case, BRATS2023_SUFFIXES[seq])
+            if f is not None:
+                images[seq] = f.resolve()
+            else:
+                absent[seq] = f"expected file {case / f'{case.name}-{BRATS2023_SUFFIXES[seq]}.nii.gz'}"
         seg = _brats2023_file(case, "seg")
-        subjects.append(Subject(case.name, images, seg.resolve() if seg is not None else None))
+        brainmask = _brats2023_file(case, "brainmask")
+        subjects.append(Subject(case.name, images, seg.resolve() if seg is not None else None,
+                                brainmask=brainmask.resolve() if brainmask is not None else None, absent=absent))
     if not subjects:
         raise CohortError(f"BraTS 2023 folder {root} holds no subject folders")
-    clinical = _attach_clinical(subjects, clinical_csv, str(root))
-    return Cohort(subjects, clinical, label_convention, root)
+    clinical = _attach_clinical(subjects, clinical_csv, str(root), label_values)
+    return Cohort(subjects, clinical, label_convention, root, sequences=sequences)
 
 
 # --------------------------------------------------------------------------------------------
 # nnU-Net raw
 # --------------------------------------------------------------------------------------------
 
-def channels_from_dataset_json(meta: dict, source: str) -> dict[str, int]:
-    """Sequence → channel index from ``channel_names`` (nnU-Net v2) or ``modality`` (v1)."""
+def channels_from_dataset_json(meta: dict, source: str, sequences: tuple[str, ...] = SEQUENCES) -> dict[str, int]:
+    """Sequence → channel index from ``channel_names`` (nnU-Net v2) or ``modality`` (v1); each of
+    ``sequences`` must be found (the dataset may hold others)."""
     names = meta.get("channel_names") or meta.get("modality")
     if not isinstance(names, dict):
         raise CohortError(f"{source}: no channel_names in dataset.json; pass channels={{'t1': 0, ...}}")
@@ -138,10 +165,11 @@ def channels_from_dataset_json(meta: dict, source: str) -> dict[str, int]:
                 if seq in found:
                     raise CohortError(f"{source}: channels {found[seq]} and {idx} both look like {seq} ({names})")
                 found[seq] = int(idx)
-    missing = [s for s in SEQUENCES if s not in found]
+    missing = [s for s in sequences if s not in found]
     if missing:
         raise CohortError(f"{source}: cannot tell which channel is {missing} from channel_names {names}; "
-                          "pass channels={'t1': 0, 't1ce': 1, 't2': 2, 'flair': 3}")
+                          "pass channels={'t1': 0, 't1ce': 1, 't2': 2, 'flair': 3}, or leave the sequences the "
+                          "dataset lacks out of data.cohort.sequences")
     return found
 
 
@@ -171,7 +199,8 @@ def convention_from_dataset_json(meta: dict, source: str) -> dict[str, int]:
 
 def read_nnunet_raw(root: str | Path, clinical_csv: str | Path | None = None,
                     label_convention: str | dict | None = "auto", channels: dict[str, int] | None = None,
-                    split: str = "Tr") -> Cohort:
+                    split: str = "Tr", sequences: tuple[str, ...] = SEQUENCES,
+                    label_values: Mapping | None = None) -> Cohort:
     """Read an nnU-Net raw dataset folder (``dataset.json``, ``images<split>/``, ``labels<split>/``).
 
     Args:
@@ -180,7 +209,9 @@ def read_nnunet_raw(root: str | Path, clinical_csv: str | Path | None = None,
         label_convention: ``"auto"`` (from dataset.json ``labels``), a convention name or dict.
         channels: sequence → channel index, overriding dataset.json ``channel_names``.
         split: ``"Tr"`` (imagesTr + labelsTr) or ``"Ts"`` (imagesTs; labelsTs if present).
+        sequences: the sequences to read; a case without one of their files lacks that sequence.
     """
+    sequences = check_sequences(sequences)
     root = Path(root)
     meta_path = root / "dataset.json"
     if not meta_path.is_file():
@@ -191,9 +222,9 @@ def read_nnunet_raw(root: str | Path, clinical_csv: str | Path | None = None,
         raise CohortError(f"nnU-Net dataset {root}: dataset.json is not valid JSON ({err})") from None
     ending = meta.get("file_ending", ".nii.gz")
     if channels is None:
-        channels = channels_from_dataset_json(meta, str(meta_path))
+        channels = channels_from_dataset_json(meta, str(meta_path), sequences)
     else:
-        channels = {s: int(channels[s]) for s in SEQUENCES}
+        channels = {s: int(channels[s]) for s in sequences}
     if label_convention in (None, "auto"):
         label_convention = convention_from_dataset_json(meta, str(meta_path))
     else:
@@ -211,97 +242,97 @@ def read_nnunet_raw(root: str | Path, clinical_csv: str | Path | None = None,
         raise CohortError(f"nnU-Net dataset {root}: no <case>_0000{ending} files in {images_dir}")
     subjects = []
     for case, files in cases.items():
-        images = {}
-        for seq in SEQUENCES:
-            ch = channels[seq]
-            if ch not in files:
-                raise CohortError(f"subject {case}: missing sequence {seq}: expected file "
-                                  f"{images_dir / f'{case}_{ch:04d}{ending}'}")
-            images[seq] = files[ch]
+        images = {seq: files[channels[seq]] for seq in sequences if channels[seq] in files}
+        absent = {seq: f"expected file {images_dir / f'{case}_{channels[seq]:04d}{ending}'}" for seq in sequences
+                  if seq not in images}
         seg = labels_dir / f"{case}{ending}"
         if not seg.exists() and split == "Tr":
             raise CohortError(f"subject {case}: no segmentation: expected file {seg}")
-        subjects.append(Subject(case, images, seg.resolve() if seg.exists() else None))
-    clinical = _attach_clinical(subjects, clinical_csv, str(root))
-    return Cohort(subjects, clinical, label_convention, root)
+        subjects.append(Subject(case, images, seg.resolve() if seg.exists() else None, absent=absent))
+    clinical = _attach_clinical(subjects, clinical_csv, str(root), label_values)
+    return Cohort(subjects, clinical, label_convention, root, sequences=sequences)
 
 
-def read_manifest(path: str | Path, label_convention: str | dict = "brats2021") -> Cohort:
-    """Read a manifest CSV (one row per subject; image paths relative to the manifest)."""
+def read_manifest(path: str | Path, label_convention: str | dict = "brats2021",
+                  sequences: tuple[str, ...] = SEQUENCES, label_values: Mapping | None = None) -> Cohort:
+    """Read a manifest CSV (one row per subject; image paths relative to the manifest).
+
+    Only the columns of ``sequences`` are read (and required); an empty cell is a sequence the subject
+    lacks (validation's ``missing_sequences`` decides what that means).
+    """
+    sequences = check_sequences(sequences)
     path = Path(path)
     if not path.is_file():
         raise CohortError(f"manifest {path} does not exist")
-    table = pd.read_csv(path, dtype={"subject_id": str}, keep_default_na=True)
-    missing_cols = [c for c in ("subject_id", *SEQUENCES) if c not in table.columns]
+    table = read_delimited(path, "manifest", dtype={"subject_id": str}, keep_default_na=True)
+    missing_cols = [c for c in ("subject_id", *sequences) if c not in table.columns]
     if missing_cols:
-        raise CohortError(f"manifest {path}: missing columns {missing_cols}")
-    clinical = clinical_frame(table, str(path))
+        hint = "" if "subject_id" in missing_cols else (
+            f" (data.cohort.sequences is {list(sequences)}: set it to the sequences the manifest has, "
+            "e.g. data.cohort.sequences=[t1ce,flair])")
+        raise CohortError(f"manifest {path}: missing columns {missing_cols}{separator_hint(path, table.columns)}"
+                          f"{hint}")
+    clinical = clinical_frame(table, str(path), label_values)
     subjects = []
-    for (_, row), sid in zip(table.iterrows(), clinical["subject_id"], strict=True):
-        images = {}
-        for seq in SEQUENCES:
-            cell = row[seq]
-            if pd.isna(cell) or not str(cell).strip():
-                raise CohortError(f"subject {sid}: no {seq} image given in manifest {path}")
-            images[seq] = (path.parent / str(cell).strip()).resolve()
+    for k, ((_, row), sid) in enumerate(zip(table.iterrows(), clinical["subject_id"], strict=True)):
+        # an empty cell: the subject lacks that sequence
+        images = {seq: (path.parent / str(row[seq]).strip()).resolve() for seq in sequences
+                  if not pd.isna(row[seq]) and str(row[seq]).strip()}
+        absent = {seq: f"empty {seq} cell in manifest {path}" for seq in sequences if seq not in images}
         seg_cell = row.get("seg", np.nan)
         has_seg = not pd.isna(seg_cell) and str(seg_cell).strip()
         seg = (path.parent / str(seg_cell).strip()).resolve() if has_seg else None
-        subjects.append(Subject(sid, images, seg, clinical.loc[sid].to_dict() if sid in clinical.index else {}))
-    return Cohort(subjects, clinical, label_convention, path.parent)
+        mask_cell = row.get("brainmask", np.nan)  # optional column; an empty cell = no brain mask
+        has_mask = not pd.isna(mask_cell) and str(mask_cell).strip()
+        brainmask = (path.parent / str(mask_cell).strip()).resolve() if has_mask else None
+        # by position: a repeated id (refused by validation) must not merge its rows here
+        subjects.append(Subject(sid, images, seg, clinical.iloc[k].to_dict(), brainmask=brainmask, absent=absent))
+    return Cohort(subjects, clinical, label_convention, path.parent, sequences=sequences)
 
 
 def read_brats2021(root: str | Path, clinical_csv: str | Path | None = None,
-                   label_convention: str | dict = "brats2021") -> Cohort:
+                   label_convention: str | dict = "brats2021", sequences: tuple[str, ...] = SEQUENCES,
+                   label_values: Mapping | None = None) -> Cohort:
     """Read the BraTS 2021 layout ``<root>/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz``.
 
-    Clinical values come from ``clinical_csv`` (``subject_id`` column) when given. A folder that
-    lacks a sequence raises :class:`CohortError` naming the folder and the missing file.
+    Clinical values come from ``clinical_csv`` (``subject_id`` column) when given. Only ``sequences``
+    are read; a folder that lacks one of their files gives a subject without that sequence.
     """
+    sequences = check_sequences(sequences)
     root = Path(root)
     if not root.is_dir():
         raise CohortError(f"BraTS folder {root} does not exist")
-    if clinical_csv is not None:
-        clinical = clinical_frame(pd.read_csv(clinical_csv, dtype={"subject_id": str}), str(clinical_csv))
-    else:
-        clinical = None
     subjects, ids = [], []
     for case in sorted(p for p in root.iterdir() if p.is_dir()):
         sid = case.name
-        images = {}
-        for seq in SEQUENCES:
-            f = case / f"{sid}_{seq}.nii.gz"
-            if not f.exists():
-                raise CohortError(f"subject {sid}: missing sequence {seq}: expected file {f}")
-            images[seq] = f.resolve()
+        files = {seq: case / f"{sid}_{seq}.nii.gz" for seq in sequences}
+        images = {seq: f.resolve() for seq, f in files.items() if f.exists()}
+        absent = {seq: f"expected file {f}" for seq, f in files.items() if seq not in images}
         seg = case / f"{sid}_seg.nii.gz"
-        subjects.append(Subject(sid, images, seg.resolve() if seg.exists() else None))
+        brainmask = case / f"{sid}_brainmask.nii.gz"  # optional: the brain the z-score uses
+        subjects.append(Subject(sid, images, seg.resolve() if seg.exists() else None,
+                                brainmask=brainmask.resolve() if brainmask.exists() else None, absent=absent))
         ids.append(sid)
     if not subjects:
         raise CohortError(f"BraTS folder {root} holds no subject folders")
-    if clinical is None:
-        clinical = clinical_frame(pd.DataFrame({"subject_id": ids}), str(root))
-    else:
-        clinical = clinical.reindex(ids)
-        clinical["subject_id"] = ids
-        clinical["site"] = clinical["site"].fillna("unknown")
-    for s in subjects:
-        s.clinical = clinical.loc[s.subject_id].to_dict()
-    return Cohort(subjects, clinical, label_convention, root)
+    clinical = _attach_clinical(subjects, clinical_csv, str(root), label_values)
+    return Cohort(subjects, clinical, label_convention, root, sequences=sequences)
 
 
 def load_cohort(source: str, path: str | Path, clinical: str | Path | None = None,
-                label_convention: str | dict = "brats2021") -> Cohort:
+                label_convention: str | dict = "brats2021", sequences: tuple[str, ...] = SEQUENCES,
+                label_values: Mapping | None = None) -> Cohort:
     """Dispatch on ``source``: ``manifest`` (a CSV), ``brats2021`` / ``brats2023`` (folders) or
-    ``nnunet`` (an nnU-Net raw dataset folder; ``label_convention="auto"`` reads dataset.json)."""
+    ``nnunet`` (an nnU-Net raw dataset folder; ``label_convention="auto"`` reads dataset.json).
+    ``sequences`` (``data.cohort.sequences``) are the sequences read; the others are ignored."""
     if source == "manifest":
-        return read_manifest(path, label_convention)
+        return read_manifest(path, label_convention, sequences, label_values)
     if source == "brats2021":
-        return read_brats2021(path, clinical, label_convention)
+        return read_brats2021(path, clinical, label_convention, sequences, label_values)
     if source in ("brats2023", "nnunet"):
         if source == "brats2023":
-            return read_brats2023(path, clinical, label_convention)
-        return read_nnunet_raw(path, clinical, label_convention)
+            return read_brats2023(path, clinical, label_convention, sequences, label_values)
+        return read_nnunet_raw(path, clinical, label_convention, sequences=sequences, label_values=label_values)
     raise CohortError(f"unknown cohort source {source!r}; use 'manifest', 'brats2021', 'brats2023' or 'nnunet'")
 
 
@@ -309,7 +340,7 @@ def cohort_from_config(cfg: Mapping, progress: bool = True) -> Cohort:
     """The cohort a ``cohort:`` config block names, read but not yet validated.
 
     ``cfg`` holds ``source`` (``synthetic`` | ``manifest`` | ``brats2021`` | ``brats2023`` |
-    ``nnunet``), ``path``, optionally ``clinical`` and ``label_convention``; with
+    ``nnunet``), ``path``, optionally ``clinical``, ``label_convention`` and ``sequences``; with
     ``source: synthetic`` its ``synthetic`` block holds the generator's settings and the cohort is
     generated (once, deterministically) into ``path`` first. train.py, predict-style scripts,
     extract_features.py and segment.py all read their cohort through this one function.
@@ -323,7 +354,21 @@ def cohort_from_config(cfg: Mapping, progress: bool = True) -> Cohort:
         if "shape" in syn:
             syn["shape"] = tuple(syn["shape"])
         path, source = generate_cohort(path, progress=progress, **syn), "manifest"
-    return load_cohort(source, path, cfg.get("clinical"), cfg.get("label_convention", "brats2021"))
+    cohort = load_cohort(source, path, cfg.get("clinical"), cfg.get("label_convention", "brats2021"),
+                         tuple(cfg.get("sequences") or SEQUENCES), cfg.get("label_values"))
+    cohort.brain_mask = cfg.get("brain_mask", "auto")  # every later z-score reads it, validated or not
+    return cohort
+
+
+def read_validated_cohort(cohort_cfg: dict, progress: bool = True, min_subjects: int = 2) -> Cohort:
+    """The cohort of a ``cohort:`` config block, validated once with the config's tolerance and brain mask choice:
+    what train.py (:func:`radfusion.data.prepare.prepare_cohort`) and extract_features.py read, so that both
+    accept and refuse the same subjects (those dropped by ``skip_invalid`` in the result's ``excluded``)."""
+    cohort = cohort_from_config(cohort_cfg, progress=progress)
+    return validate_cohort(cohort, tolerance=cohort_cfg.get("geometry_tolerance", 1e-3),
+                           skip_invalid=cohort_cfg.get("skip_invalid", False), min_subjects=min_subjects,
+                           brain_mask=cohort_cfg.get("brain_mask", "auto"),
+                           missing_sequences=cohort_cfg.get("missing_sequences", "auto"))
 
 
 def _plain(cfg) -> dict:

@@ -25,7 +25,13 @@ from radfusion.data.dataset import SubjectDataset
 from radfusion.data.prepare import PreparedCohort, prepare_cohort
 from radfusion.data.samplers import EventBatchSampler
 from radfusion.data.splits import load_or_make_fold
-from radfusion.data.targets import check_split_targets, check_survival, marker_labels, survival_table
+from radfusion.data.targets import (
+    check_cohort_size,
+    check_split_targets,
+    check_survival,
+    marker_labels,
+    survival_table,
+)
 from radfusion.features.processor import make_feature_processor
 from radfusion.imaging.augment import ROIAugment
 from radfusion.imaging.roi import ROISettings
@@ -94,9 +100,11 @@ class RadFusionDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.cohort_cfg = _plain(cohort)
-        self.feature_settings = FeatureSettings.from_config(_plain(features))
-        roi_cfg = _plain(roi)
-        roi_cfg["sequences"] = tuple(roi_cfg.get("sequences", ROISettings.sequences))
+        # The cohort's sequences drive radiomics and ROI channels unless these name their own.
+        sequences = list(self.cohort_cfg.get("sequences") or ROISettings.sequences)
+        self.feature_settings = FeatureSettings.from_config({"sequences": sequences, **(_plain(features) or {})})
+        roi_cfg = dict(_plain(roi))
+        roi_cfg["sequences"] = tuple(roi_cfg.get("sequences", sequences))
         self.roi_settings = ROISettings(**roi_cfg)
         self.cache_dir = Path(cache_dir)
         self.splits_dir = Path(splits_dir)
@@ -167,6 +175,9 @@ class RadFusionDataModule(pl.LightningDataModule):
             check_survival(self.survival)
         strata = self.labels[:, 0] if self.targets else self.survival["os_event"].to_numpy()
         sites = clinical.loc[self.ids, "site"].astype(str).to_numpy()
+        # Too few subjects (per class, per split) is said here, before scikit-learn fails cryptically.
+        check_cohort_size(self.labels, self.targets, self._groups(), self.split_cfg,
+                          self.survival["os_event"].to_numpy() if self.survival_target else None)
         self.splits, self.splits_file = load_or_make_fold(
             self.splits_dir, self.ids, strata, sites=sites, groups=self._groups(), **self.split_cfg)
         self.fold = int(self.split_cfg.get("fold", 0))
@@ -226,7 +237,9 @@ class RadFusionDataModule(pl.LightningDataModule):
         index = {s: i for i, s in enumerate(self.ids)}
         transform = None
         if augment and self.embeddings is None:
-            transform = ROIAugment(len(self.roi_settings.sequences), **self.augmentation)
+            n_seq = len(self.roi_settings.sequences)
+            transform = ROIAugment(n_seq, **self.augmentation,
+                                   n_presence_channels=n_seq if self.roi_settings.presence_channels else 0)
         rows = [index[s] for s in ids]
         return SubjectDataset(
             ids, self.labels[rows],

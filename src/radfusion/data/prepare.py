@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from radfusion.cache import atomic_save_npy, settings_hash
+from radfusion.cache import atomic_save_npy, ensure_writable, settings_hash
 from radfusion.cohort.feature_table import UNKNOWN_VALUES, load_feature_table
-from radfusion.cohort.readers import cohort_from_config
+from radfusion.cohort.readers import cohort_from_config, read_validated_cohort
 from radfusion.cohort.subject import Cohort, CohortError
-from radfusion.cohort.validate import validate_cohort
 from radfusion.imaging.roi import ROISettings, build_roi_cache
 from radfusion.radiomics.delta import delta_features, patient_table
 from radfusion.radiomics.extract import extract_cohort
@@ -46,7 +45,9 @@ class PreparedCohort:
         ids: subjects that survived every step, in cohort order.
         features: raw radiomics, one row per subject (None when the model needs none).
         roi_paths: cached ROI tensor ``.npy`` per subject (None when the model needs no images).
-        failures: ``{subject: reason}`` for subjects left out after extraction or ROI failures.
+        failures: ``{subject: reason}`` for subjects left out, the reason prefixed with the step that
+            dropped it: ``validation: `` (``skip_invalid``), ``extraction: `` or ``ROI: `` (what the run's
+            ``metrics.json`` lists as ``excluded_subjects``).
     """
 
     cohort: Cohort
@@ -54,13 +55,6 @@ class PreparedCohort:
     features: pd.DataFrame | None = None
     roi_paths: dict[str, Path] | None = None
     failures: dict[str, str] = field(default_factory=dict)
-
-
-def read_validated_cohort(cohort_cfg: dict, progress: bool = True, min_subjects: int = 2) -> Cohort:
-    """The cohort of a ``cohort:`` config block, validated once with the config's tolerance."""
-    cohort = cohort_from_config(cohort_cfg, progress=progress)
-    return validate_cohort(cohort, tolerance=cohort_cfg.get("geometry_tolerance", 1e-3),
-                           skip_invalid=cohort_cfg.get("skip_invalid", False), min_subjects=min_subjects)
 
 
 def prepare_cohort(cohort_cfg: dict, features: FeatureSettings, roi: ROISettings, cache_dir: str | Path,
@@ -71,7 +65,8 @@ def prepare_cohort(cohort_cfg: dict, features: FeatureSettings, roi: ROISettings
     Args:
         cohort_cfg: ``{source, path, clinical, label_convention, skip_invalid, geometry_tolerance,
             synthetic: {...}}``; ``source: feature_table`` reads precomputed features instead
-            (``features``, ``clinical``, ``id_column``, ``label_columns``, ``unknown_values``).
+            (``features``, ``clinical``, ``id_column``, ``label_columns``, ``unknown_values``);
+            ``label_values`` adds marker spellings (:mod:`radfusion.cohort.clinical`).
         features, roi: radiomics and ROI settings (their hashes key the caches).
         cache_dir: root of the ``features/`` and ROI caches.
         use_images, use_radiomics: which inputs to prepare (the model's mode decides).
@@ -89,15 +84,18 @@ def prepare_cohort(cohort_cfg: dict, features: FeatureSettings, roi: ROISettings
         if key is not None and key in _PREPARED:
             log.info("data.reuse_in_process: reusing this process's validated cohort and cache paths")
             return _PREPARED[key]
+    if use_radiomics or use_images:  # a read-only or full cache is told before validation's minutes
+        ensure_writable(cache_dir, "cache")
     cohort = read_validated_cohort(cohort_cfg, progress=progress)
     failures: dict[str, str] = {}
+    _add_failures(failures, "validation", cohort.excluded)
     table = paths = None
     if use_radiomics:
         table = extract_cohort(cohort, features, cache_dir / "features", n_jobs=n_jobs, progress=progress)
-        failures.update(table.attrs.get("failures", {}))
+        _add_failures(failures, "extraction", table.attrs.get("failures", {}))
     if use_images:
         paths, roi_failures = build_roi_cache(cohort, roi, cache_dir, n_jobs=n_jobs, progress=progress)
-        failures.update(roi_failures)
+        _add_failures(failures, "ROI", roi_failures)
     if failures:
         log.warning("%d subject(s) excluded after failures: %s", len(failures),
                     "; ".join(f"{k}: {v}" for k, v in sorted(failures.items())))
@@ -112,6 +110,13 @@ def prepare_cohort(cohort_cfg: dict, features: FeatureSettings, roi: ROISettings
     return prepared
 
 
+def _add_failures(failures: dict[str, str], stage: str, new: dict[str, str]) -> None:
+    """Merge ``new`` reasons into ``failures`` as ``"<stage>: <reason>"`` (a second stage's reason is appended)."""
+    for sid, reason in new.items():
+        entry = f"{stage}: {reason}"
+        failures[sid] = f"{failures[sid]}; {entry}" if sid in failures else entry
+
+
 def _prepare_feature_table(c: dict, use_images: bool) -> PreparedCohort:
     """Precomputed features + clinical table: no image is read, so no CNN branch."""
     if use_images:
@@ -119,9 +124,13 @@ def _prepare_feature_table(c: dict, use_images: bool) -> PreparedCohort:
                           "(experiment=..._handcrafted / ..._baseline_*), not deep or hybrid")
     table, clinical = load_feature_table(
         c["features"], c.get("clinical"), id_column=c.get("id_column", "subject_id"),
-        label_columns=c.get("label_columns"), unknown_values=c.get("unknown_values") or UNKNOWN_VALUES)
+        label_columns=c.get("label_columns"), unknown_values=c.get("unknown_values") or UNKNOWN_VALUES,
+        label_values=c.get("label_values"), skip_invalid=c.get("skip_invalid", False))
     cohort = Cohort([], clinical, c.get("label_convention", "brats2021"), None)
-    return PreparedCohort(cohort, list(clinical.index), table, None, {})
+    # Rows skip_invalid dropped (an id given twice, no id) are excluded subjects like validation's.
+    failures: dict[str, str] = {}
+    _add_failures(failures, "validation", table.attrs.get("invalid", {}))
+    return PreparedCohort(cohort, list(clinical.index), table, None, failures)
 
 
 def _reuse_key(cohort_cfg: dict, features: FeatureSettings, roi: ROISettings, cache_dir: Path, use_images: bool,
@@ -132,7 +141,7 @@ def _reuse_key(cohort_cfg: dict, features: FeatureSettings, roi: ROISettings, ca
     be read (the full path then reports why)."""
     try:
         raw = cohort_from_config(cohort_cfg, progress=progress)
-        files = [p for s in raw.subjects for p in (*s.images.values(), s.seg) if p is not None]
+        files = [p for s in raw.subjects for p in (*s.images.values(), s.seg, s.brainmask) if p is not None]
         stamp = [(str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in files]
         clinical = int(pd.util.hash_pandas_object(raw.clinical, index=True).sum())
     except (OSError, CohortError, ValueError, TypeError):

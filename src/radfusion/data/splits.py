@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,8 +40,71 @@ def _strata(labels: Sequence[float]) -> np.ndarray:
     return _keyed_strata([_label_key(lab) for lab in labels])
 
 
+def split_sizes(n: int, strategy: str = "holdout", val_fraction: float = 0.2, test_fraction: float = 0.2,
+                n_folds: int = 5) -> list[dict[str, int]]:
+    """Sizes (in groups) of train / val / test exactly as scikit-learn will cut ``n`` groups.
+
+    ``holdout``: one dict (``test = ceil(test_fraction * n)``, then ``val`` likewise of the rest, as
+    :func:`make_splits` asks ``train_test_split``). ``kfold``: the two fold shapes, test parts of
+    ``ceil(n / n_folds)`` and ``floor(n / n_folds)`` groups (stratification may shift a group or
+    two). ``site``: empty, the sites decide.
+    """
+    if strategy == "holdout":
+        test = math.ceil(test_fraction * n)
+        rest = n - test
+        val = math.ceil(val_fraction / (1 - test_fraction) * rest) if rest > 0 else 0
+        return [{"train": rest - val, "val": val, "test": test}]
+    if strategy == "kfold":
+        shapes = []
+        for test in sorted({-(-n // n_folds), n // n_folds}, reverse=True):
+            dev = n - test
+            val = math.ceil(val_fraction * dev) if val_fraction > 0 and dev > 0 else 0
+            shapes.append({"train": dev - val, "val": val, "test": test})
+        return shapes
+    return []
+
+
+def min_cohort_size(strategy: str = "holdout", val_fraction: float = 0.2, test_fraction: float = 0.2,
+                    n_folds: int = 5, per_split: int = 1) -> int | None:
+    """The fewest groups for which every split of every fold shape holds ``per_split`` groups (val may be
+    empty when ``val_fraction`` is 0); None for ``site`` (the sites decide) or beyond 10,000."""
+    if strategy not in ("holdout", "kfold"):
+        return None
+    for n in range(1, 10_001):
+        shapes = split_sizes(n, strategy, val_fraction, test_fraction, n_folds)
+        if all(v >= per_split or (k == "val" and val_fraction == 0) for f in shapes for k, v in f.items()):
+            return n
+    return None
+
+
+def describe_protocol(strategy: str, val_fraction: float, test_fraction: float, n_folds: int) -> str:
+    """The protocol in words, for messages."""
+    if strategy == "holdout":
+        return f"a holdout split (val {val_fraction:g} / test {test_fraction:g})"
+    if strategy == "kfold":
+        return f"{n_folds}-fold cross-validation (val {val_fraction:g} of each development part)"
+    return "a site-held-out split"
+
+
+def check_split_sizes(n: int, strategy: str = "holdout", val_fraction: float = 0.2, test_fraction: float = 0.2,
+                      n_folds: int = 5) -> None:
+    """Raise ValueError (saying what is needed) when scikit-learn cannot cut ``n`` groups as asked."""
+    shapes = split_sizes(n, strategy, val_fraction, test_fraction, n_folds)
+    empty = [f for f in shapes if f["train"] < 1 or f["test"] < 1 or (val_fraction > 0 and f["val"] < 1)]
+    if empty:
+        need = min_cohort_size(strategy, val_fraction, test_fraction, n_folds)
+        sizes = ", ".join(f"{k} {v}" for k, v in empty[0].items())
+        protocol = describe_protocol(strategy, val_fraction, test_fraction, n_folds)
+        raise ValueError(f"too small a cohort: {protocol} of {n} subject(s) (groups) gives {sizes}; it needs at "
+                         f"least {need} subjects. Add subjects or change data.split.val_fraction / test_fraction / "
+                         "n_folds")
+
+
 def _split(ids: np.ndarray, strata: np.ndarray, fraction: float, seed: int):
     counts = {s: int((strata == s).sum()) for s in np.unique(strata)}
+    if len(ids) - math.ceil(fraction * len(ids)) < 1:  # scikit-learn would say "With n_samples=1 ..."
+        raise ValueError(f"too small a cohort: holding out {fraction:.3g} of {len(ids)} subject(s) leaves none "
+                         "for training; add subjects or lower data.split.val_fraction / test_fraction")
     try:
         return train_test_split(ids, strata, test_size=fraction, random_state=seed, stratify=strata)
     except ValueError as err:  # a stratum too small, or fewer subjects than strata
@@ -56,6 +120,7 @@ def make_splits(ids: Sequence[str], labels: Sequence[float], val_fraction: float
         raise ValueError("subject ids must be unique for a subject-level split")
     if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError(f"bad split fractions val={val_fraction} test={test_fraction}")
+    check_split_sizes(len(ids), "holdout", val_fraction, test_fraction)
     labels = list(labels)
     strata = _strata(labels)
     rest, test, _, _ = _split(ids, strata, test_fraction, seed)
@@ -210,6 +275,8 @@ def make_folds(ids: Sequence[str], labels: Sequence[float], groups: Sequence[str
     if n_inner == 1 or n_inner < 0:
         raise ValueError(f"n_inner must be 0 (no nested CV) or >= 2, got {n_inner}")
     g = _Groups(ids, labels, groups, sites, need_sites=strategy == "site")
+    if strategy == "kfold" and 2 <= n_folds <= len(g.names):  # other fold counts: _kfold says why
+        check_split_sizes(len(g.names), strategy, val_fraction, test_fraction, n_folds)
     all_idx = np.arange(len(g.names))
     folds: list[dict] = []
     for r in range(n_repeats):

@@ -7,13 +7,14 @@ Labels are floats with NaN for unknown; a NaN masks only its own head downstream
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from radfusion.cohort.clinical import CLASS_NAMES
 from radfusion.cohort.subject import CohortError
-from radfusion.data.splits import SPLITS
+from radfusion.data.splits import SPLITS, describe_protocol, min_cohort_size, split_sizes
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,68 @@ def check_survival(survival: pd.DataFrame) -> None:
         raise CohortError("all subjects are censored: a Cox model cannot be fitted (no events)")
     if event[known].sum() == known.sum():
         log.warning("no subject is censored (all %d have events)", int(known.sum()))
+
+
+def _group_labels(values: np.ndarray, groups: Sequence[str]) -> np.ndarray:
+    """One value per group (patient), its first known one, as the split stratifies on it."""
+    first: dict[str, float] = {}
+    for value, g in zip(values, groups, strict=True):
+        if g not in first or np.isnan(first[g]):
+            first[g] = float(value)
+    return np.array(list(first.values()), dtype=np.float64)
+
+
+def check_cohort_size(labels: np.ndarray, targets: Sequence[str], groups: Sequence[str], split: Mapping,
+                      events: np.ndarray | None = None) -> None:
+    """Refuse, before any split is made, a cohort too small for the validation protocol ``split``
+    (``data.split``), saying what is needed.
+
+    Every split (train, val, test) must hold both classes of the first target
+    (:func:`check_split_targets`), so each class needs at least 3 labelled subjects (groups) and each
+    split at least 2 subjects; a later target needs both classes somewhere (for training). Only what
+    fails whatever the seed is refused here; the split made is checked afterwards.
+    """
+    strategy = split.get("strategy", "holdout")
+    v, t = float(split.get("val_fraction", 0.2)), float(split.get("test_fraction", 0.2))
+    k = int(split.get("n_folds", 5))
+    n = len(set(groups))
+    unit = "subjects" if n == len(groups) else "patients"
+    protocol = describe_protocol(strategy, v, t, k)
+    problems, class_ok = [], True
+    for i, target in enumerate(targets):
+        y = _group_labels(labels[:, i], groups)
+        y = y[~np.isnan(y)]
+        names = CLASS_NAMES.get(target, ("0", "1"))
+        counts = {names[1]: int((y == 1).sum()), names[0]: int((y == 0).sum())}
+        need = 3 if i == 0 else 1
+        if min(counts.values()) < need:
+            class_ok = False
+            where = "every split (train, val, test) needs both classes" if i == 0 else "training needs both classes"
+            likely = ""
+            if i == 0 and strategy in ("holdout", "kfold"):
+                smallest = min(v, t) if strategy == "holdout" else min(1 / k, v * (1 - 1 / k) or 1)
+                likely = f" (about {int(np.ceil(1 / smallest))} each to be likely with these fractions)"
+            problems.append(f"the cohort has {len(y)} labelled {unit} for {target!r} "
+                            f"({', '.join(f'{c} {name}' for name, c in counts.items())}); {where}, so at least "
+                            f"{need} of each{likely}")
+    per_split = 2 if targets else 1
+    shapes = split_sizes(n, strategy, v, t, k)
+    if shapes and all(min(x for key, x in f.items() if key != "val" or v > 0) < per_split for f in shapes):
+        need = min_cohort_size(strategy, v, t, k, per_split)
+        sizes = ", ".join(f"{key} {x}" for key, x in shapes[0].items())
+        problems.append(f"{n} {unit} split into {sizes}, and each split needs at least {per_split}"
+                        f"{' (one of each class)' if targets else ''}: at least {need} {unit} are needed")
+    if events is not None and np.nansum(events) < 2:
+        problems.append(f"{int(np.nansum(events))} event(s) in the cohort; a Cox model needs at least 2 in training")
+    if not problems:
+        return
+    advice = "Add subjects"
+    if class_ok and strategy == "holdout":
+        alt = [f for f in (5, 3) if (m := min_cohort_size("kfold", v, t, f, per_split)) is not None and m <= n]
+        if alt:
+            advice += f", or use data.split.strategy=kfold data.split.n_folds={alt[0]}"
+    raise CohortError(f"too small a cohort for {protocol}: {'; '.join(problems)}. {advice}, or change "
+                      "data.split.val_fraction / data.split.test_fraction")
 
 
 def check_split_targets(splits: dict[str, list[str]], ids: Sequence[str], labels: np.ndarray,

@@ -107,6 +107,34 @@ def _preprocessing(cfg: dict) -> str:
     return "yes: " + "; ".join(parts) if parts else NOT_STATED
 
 
+def excluded_subjects(runs: list[Run]) -> dict[str, str] | None:
+    """Subjects the group's runs left out (``metrics.json`` ``excluded_subjects``: validation with
+    ``skip_invalid``, failed extraction or ROI), merged over the runs; None when no run says."""
+    stated = [r.meta["excluded_subjects"] for r in runs if isinstance(r.meta.get("excluded_subjects"), dict)]
+    if not stated:
+        return None
+    return {sid: str(reason) for ex in stated for sid, reason in ex.items()}
+
+
+def excluded_line(excluded: dict[str, str] | None, limit: int | None = 5, width: int | None = 100) -> str:
+    """``"2 subjects excluded: P3 — validation: ...; P7 — extraction: ..."``: at most ``limit`` subjects,
+    each reason cut to ``width`` characters (None: all, uncut); "none" or "not stated" otherwise."""
+    if excluded is None:
+        return NOT_STATED
+    if not excluded:
+        return "none"
+    items = sorted(excluded.items())
+    shown = items if limit is None else items[:limit]
+    parts = []
+    for sid, reason in shown:
+        if width is not None and len(reason) > width:
+            reason = reason[: width - 1] + "…"
+        parts.append(f"{sid} — {reason}")
+    if len(shown) < len(items):
+        parts.append(f"… {len(items) - len(shown)} more (metrics.json)")
+    return f"{len(items)} {'subject' if len(items) == 1 else 'subjects'} excluded: " + "; ".join(parts)
+
+
 def _stated(cfg: dict, words: tuple[str, ...]) -> str:
     found = {k: v for k, v in _keys_with(cfg, words).items() if not k.startswith(("paths.", "hydra."))}
     if not found:
@@ -118,7 +146,7 @@ def checklist(groups: dict[str, list[Run]], names: list[str], s: Settings) -> pd
     """One row per reporting item, one column per group."""
     items = ["Cohort", "Validation design", "External validation", "Confidence intervals", "Seeds / replicates",
              "Events per feature (training)", "Preprocessing documented", "Segmentation", "Harmonisation",
-             "Feature selection", "Unknown labels", "Leakage control", "Calibration assessed",
+             "Feature selection", "Unknown labels", "Excluded subjects", "Leakage control", "Calibration assessed",
              "Multiple comparisons", "Configuration saved"]
     table = {"item": items}
     for name in names:
@@ -144,6 +172,7 @@ def checklist(groups: dict[str, list[Run]], names: list[str], s: Settings) -> pd
             _epv(first, frame), _preprocessing(cfg), _stated(cfg, ("segment", "nnunet")),
             _stated(cfg, ("combat", "harmon")), _stated(cfg, ("select",)),
             f"excluded from metrics ({s.split}): " + (", ".join(unknown) or "none"),
+            excluded_line(excluded_subjects(runs)),
             f"subject-level split file {splits_file}" if splits_file else NOT_STATED,
             "yes: calibration curve, slope and Brier score (this report)",
             "Holm correction per endpoint over the pairwise tests (this report)",

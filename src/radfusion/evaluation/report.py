@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from radfusion.evaluation.analysis import Evaluation, Settings, order_groups
-from radfusion.evaluation.checklist import checklist, config_differences
+from radfusion.evaluation.checklist import checklist, config_differences, excluded_line, excluded_subjects
 from radfusion.evaluation.plots import plot_calibration, plot_km, plot_roc, plot_td_auc
 from radfusion.evaluation.run_folders import Run, group_frame
 
@@ -201,6 +201,10 @@ def write_report(ev: Evaluation, groups: dict[str, list[Run]], skipped: list[tup
                      group_frame(rs)[["run", "repeat"]].drop_duplicates().shape[0],
                      "<br>".join(f"`{r.path}`" for r in rs[:6]) + (" …" if len(rs) > 6 else "")])
     lines += md_table(["group", "mode", "runs", "seeds", "replicates", "folders"], rows) + [""]
+    excluded = {n: excluded_subjects(groups[n]) for n in names}
+    if any(excluded.values()):  # who is missing from the cohort, and why (metrics.json excluded_subjects)
+        lines += ["**Subjects excluded** before the split (validation with skip_invalid, failed extraction or ROI):",
+                  "", *[f"- {n}: {excluded_line(ex, limit=None, width=None)}" for n, ex in excluded.items() if ex], ""]
     if skipped:
         lines += ["**Runs skipped** (unreadable or failing the predictions.csv contract):", ""]
         lines += [f"- `{p}`: {why}" for p, why in skipped] + [""]

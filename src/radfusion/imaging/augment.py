@@ -20,7 +20,9 @@ from monai.transforms import (
 class ROIAugment:
     """Training-only augmentation of one ROI tensor ``(C, S, S, S)`` with MONAI dictionary transforms.
 
-    The first ``n_image_channels`` channels are intensities (z-scores), the rest habitat masks.
+    The first ``n_image_channels`` channels are intensities (z-scores), the rest habitat masks, then
+    ``n_presence_channels`` constant presence flags (``data.roi.presence_channels``), passed through
+    unchanged. An intensity channel that is all zero (a sequence the subject lacks) stays all zero.
     Spatial transforms (left-right flip, small affine) move images and masks together (masks with
     nearest-neighbour interpolation); intensity transforms (scale, shift, bias field) touch images only.
     Probabilities of 0 remove a transform. Random state is seeded lazily per process from
@@ -33,13 +35,15 @@ class ROIAugment:
         intensity_prob, intensity_scale, intensity_shift: ``x * (1 + U(±scale))`` and ``x + U(±shift)``
             (z-score units).
         bias_field_prob, bias_field_coeff: smooth multiplicative bias field (MONAI ``RandBiasField``).
+        n_presence_channels: trailing constant channels left as they are (a rotation would pad them with 0).
     """
 
     def __init__(self, n_image_channels: int, flip_prob: float = 0.5, affine_prob: float = 0.25,
                  rotate_deg: float = 10.0, scale: float = 0.1, intensity_prob: float = 0.5,
                  intensity_scale: float = 0.1, intensity_shift: float = 0.1, bias_field_prob: float = 0.25,
-                 bias_field_coeff: float = 0.1) -> None:
+                 bias_field_coeff: float = 0.1, n_presence_channels: int = 0) -> None:
         self.n_image_channels = n_image_channels
+        self.n_presence_channels = n_presence_channels
         both = ["image", "mask"]
         steps = []
         if flip_prob > 0:
@@ -60,11 +64,15 @@ class ROIAugment:
         if self._seeded_pid != os.getpid():
             self.transform.set_random_state(seed=torch.initial_seed() % (2**32))
             self._seeded_pid = os.getpid()
+        end = roi.shape[0] - self.n_presence_channels
         data = {"image": roi[: self.n_image_channels]}
-        if roi.shape[0] > self.n_image_channels:
-            data["mask"] = roi[self.n_image_channels:]
+        if end > self.n_image_channels:
+            data["mask"] = roi[self.n_image_channels:end]
+        absent = data["image"].flatten(1).abs().amax(1) == 0  # missing sequences: no shift/bias may fill them
         out = self.transform(data)
         # MONAI returns MetaTensors; plain tensors keep the default collate and the batch contract simple.
         parts = [out[k].as_tensor() if hasattr(out[k], "as_tensor") else torch.as_tensor(out[k])
                  for k in ("image", "mask") if k in out]
-        return torch.cat(parts, dim=0).float()
+        parts[0] = parts[0].clone()
+        parts[0][absent] = 0
+        return torch.cat([*parts, roi[end:]], dim=0).float()

@@ -36,8 +36,8 @@ import SimpleITK as sitk
 
 from radfusion.cache import atomic_write, chunks_sha1, file_sha1, settings_hash
 from radfusion.cohort.habitats import RING, habitat_masks
+from radfusion.cohort.integrity import check_labels
 from radfusion.cohort.subject import GEOMETRY_TOLERANCE, CohortError, Subject
-from radfusion.cohort.validate import check_labels
 from radfusion.imaging.preprocess import bounding_box, crop, load_preprocessed
 from radfusion.radiomics.pyrad import Plan, Unit, binning_memo
 from radfusion.radiomics.settings import FEATURE_SCHEMA_VERSION, FeatureSettings
@@ -66,12 +66,13 @@ def prep_key(settings: FeatureSettings, plan: Plan) -> str:
 
 
 def input_checksum(paths: list[Path | None], label_convention: str | dict = "brats2021",
-                   memo: dict | None = None, chunk_size: int = 1 << 20) -> str:
-    """SHA-1 over the contents of ``paths`` (None = absent) and the label convention.
+                   memo: dict | None = None, chunk_size: int = 1 << 20, brain: str | None = None) -> str:
+    """SHA-1 over the contents of ``paths`` (None = absent), the label convention and the brain.
 
     ``memo`` (path -> sha1) avoids hashing a segmentation once per sequence. The value names the
     item files: SHA-1 of the convention's JSON followed by ``|<file sha1>`` (``|-`` when absent)
-    per path.
+    per path, then ``|brain=<brain>`` when ``brain`` (:func:`radfusion.imaging.preprocess.brain_key`)
+    is not None: the default brain (non-zero voxels) adds nothing, so existing keys keep their values.
     """
     parts = [json.dumps(label_convention, sort_keys=True)]
     for path in paths:
@@ -84,6 +85,8 @@ def input_checksum(paths: list[Path | None], label_convention: str | dict = "bra
             if memo is not None:
                 memo[str(path)] = digest
         parts.append(f"|{digest}")
+    if brain is not None:
+        parts.append(f"|brain={brain}")
     return chunks_sha1(parts)
 
 
@@ -268,7 +271,7 @@ def _identical_masks(prepared: dict[str, tuple]) -> dict[str, str]:
 
 def compute_item(subject: Subject, sequence: str, with_shape: bool, settings: FeatureSettings, plan: Plan,
                  label_convention: str | dict, cached: dict | None = None,
-                 tolerance: float = GEOMETRY_TOLERANCE) -> dict:
+                 tolerance: float = GEOMETRY_TOLERANCE, brain_mask: str = "auto") -> dict:
     """Compute (or complete) one (subject, sequence) item. See the module doc for the steps.
 
     Args:
@@ -276,6 +279,8 @@ def compute_item(subject: Subject, sequence: str, with_shape: bool, settings: Fe
             kept and only the missing ones are computed.
         tolerance: image/mask geometry tolerance, the validated cohort's (``Cohort.geometry_tolerance``);
             not part of the item's cache key, as the values do not depend on it.
+        brain_mask: the cohort's ``brain_mask`` choice (``Cohort.brain_mask``): the brain of the z-score;
+            a non-default brain is part of the item's key (``input_checksum(..., brain=brain_key(...))``).
 
     Returns:
         The item: ``{"voxels": {habitat key: n}, "box", "margin", "rejected", "reseg_rejected",
@@ -292,11 +297,13 @@ def compute_item(subject: Subject, sequence: str, with_shape: bool, settings: Fe
     if subject.seg is None:
         raise CohortError(f"subject {sid}: no segmentation; habitat features need one")
     images, seg = load_preprocessed(subject, settings.spacing, settings.normalize, settings.normalize_scale,
-                                    [sequence], tolerance=tolerance)
+                                    [sequence], tolerance=tolerance, brain_mask=brain_mask)
     seg_arr = sitk.GetArrayFromImage(seg)
     check_labels(sid, subject.seg, seg_arr, label_convention)
     image = images[sequence]
-    brain = sitk.GetArrayViewFromImage(image) != 0  # skull-stripped: brain = non-zero, before any shift
+    # The z-score set everything outside the brain (whichever brain_mask chose) to 0: brain = non-zero,
+    # before any shift (without z-score, the file's non-zero voxels).
+    brain = sitk.GetArrayViewFromImage(image) != 0
     if plan.normalize:
         image = imageoperations.normalizeImage(image, **plan.settings)
     spacing_zyx = tuple(seg.GetSpacing()[::-1])

@@ -1,13 +1,8 @@
 """Habitat radiomics of a cohort: shared filtering per (subject, sequence), parallel, cached, resumable.
 
-Column names (one row per subject):
-
-- ``<habitat>_voxels``: voxel count of the habitat after resampling;
-- ``<habitat>_empty``: 1.0 if the habitat has fewer than ``min_voxels`` voxels or PyRadiomics'
-  ``checkMask`` rejects it (too thin, below ``minimumROISize``); its features are then NaN;
-- ``<habitat>_shape_<Feature>``: PyRadiomics shape features (they depend on the mask only);
-- ``<habitat>_<sequence>_<imageType>_<class>_<Feature>``, e.g. ``ET_t1ce_original_firstorder_Mean``,
-  ``WT_flair_log-sigma-3-0-mm-3D_glcm_Idm``, ``ED_t2_wavelet-LLH_glszm_ZoneEntropy``.
+Column names (one row per subject) are :mod:`radfusion.radiomics.columns`': per habitat its voxels,
+empty flag, shape and per-sequence features (``ET_t1ce_original_firstorder_Mean``), then a
+``<sequence>_missing`` indicator for each sequence some subject lacks (its features NaN there).
 
 The work is a task list of (subject, sequence) items (see :mod:`radfusion.radiomics.engine`), run
 in this process, on loky worker processes or on a Dask cluster. Each item is cached as soon as it
@@ -28,12 +23,25 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from radfusion.cache import atomic_path, atomic_write_text, settings_hash
+from radfusion.cache import (
+    CacheWriteError,
+    atomic_path,
+    atomic_write_text,
+    ensure_writable,
+    remove_stale_temporaries,
+    settings_hash,
+)
 from radfusion.cohort.subject import GEOMETRY_TOLERANCE, Cohort, CohortError, Subject
+from radfusion.imaging.preprocess import brain_key
 from radfusion.radiomics import engine
 from radfusion.radiomics.backends import run_tasks
+from radfusion.radiomics.columns import (
+    assemble_row,
+    feature_columns,
+    missing_indicators,
+    present_sequences,
+)
 from radfusion.radiomics.pyrad import (
-    Plan,
     build_extractor,
     build_plan,
     capture_warnings,
@@ -46,87 +54,6 @@ __all__ = ["build_extractor", "extract_region", "extract_subject", "extract_coho
 log = logging.getLogger(__name__)
 
 _NAN = float("nan")
-_TEMPLATES: dict[str, dict[str, list[str]]] = {}
-
-
-# --------------------------------------------------------------------------------------------
-# Column names
-# --------------------------------------------------------------------------------------------
-
-def unit_feature_names(plan: Plan, cache_dir: Path | None = None) -> dict[str, list[str]]:
-    """PyRadiomics feature names per unit key (and the shape key), from a small phantom.
-
-    Running the engine on a 32³ noise image with a ball mask gives exactly the names of any
-    configuration (filters, feature subsets) without re-implementing PyRadiomics' naming. The
-    result is memoised per process and, with ``cache_dir``, on disk (a warm run then reads no image).
-    """
-    digest = settings_hash([engine.ITEM_SCHEMA, plan.prep_key, plan.shape_key, [u.key for u in plan.units]], 20)
-    if digest in _TEMPLATES:
-        return _TEMPLATES[digest]
-    path = None if cache_dir is None else Path(cache_dir) / "templates" / f"{digest}.json"
-    if path is not None and path.is_file():
-        _TEMPLATES[digest] = json.loads(path.read_text())
-        return _TEMPLATES[digest]
-    rng = np.random.default_rng(0)
-    image = sitk.GetImageFromArray(rng.normal(0.0, 100.0, (32, 32, 32)).astype(np.float32))
-    zz, yy, xx = np.mgrid[:32, :32, :32]
-    ball = ((zz - 16) ** 2 + (yy - 16) ** 2 + (xx - 16) ** 2 <= 64).astype(np.uint32)
-    mask = sitk.GetImageFromArray(ball)
-    with capture_warnings():
-        entries = engine.compute_entries(image, {"T": mask}, plan, True, None)
-    names = {}
-    if plan.shape_key:
-        names[plan.shape_key] = list(entries.get(engine.entry_key("T", plan.shape_key, None), {}))
-    for unit in plan.units:
-        names[unit.key] = list(entries.get(engine.entry_key("T", unit, None), {}))
-    _TEMPLATES[digest] = names
-    if path is not None:
-        atomic_write_text(path, json.dumps(names))
-    return names
-
-
-def _shape_column(habitat: str, key: str) -> str:
-    # "original_shape_MeshVolume" -> "WT_shape_MeshVolume": shape has no image type or sequence.
-    return f"{habitat}_{key.removeprefix('original_')}"
-
-
-def feature_columns(settings: FeatureSettings, plan: Plan | None = None, cache_dir: Path | None = None) -> list[str]:
-    """Every column of the feature table, in order: per habitat its voxels, empty flag, shape
-    features, then per sequence its features (image types in PyRadiomics' order)."""
-    plan = plan or build_plan(settings.pyradiomics_params)
-    names = unit_feature_names(plan, cache_dir)
-    columns = []
-    for h in settings.habitats:
-        columns += [f"{h}_voxels", f"{h}_empty"]
-        if plan.shape_key:
-            columns += [_shape_column(h, k) for k in names[plan.shape_key]]
-        for seq in settings.sequences:
-            for unit in plan.units:
-                columns += [f"{h}_{seq}_{k}" for k in names[unit.key]]
-    return columns
-
-
-def assemble_row(items: dict[str, dict], settings: FeatureSettings, plan: Plan) -> dict[str, float]:
-    """One subject's features from its items (one per sequence; the first holds shape)."""
-    first = items[settings.sequences[0]]
-    row: dict[str, float] = {}
-    for h in settings.habitats:
-        hk = engine.habitat_key(h, settings)
-        n = int(first.get("voxels", {}).get(hk, 0))
-        empty = n < settings.min_voxels or hk in first.get("rejected", {})
-        row[f"{h}_voxels"] = float(n)
-        row[f"{h}_empty"] = 1.0 if empty else 0.0
-        if empty:
-            continue
-        if plan.shape_key:
-            shape = first["entries"].get(engine.entry_key(hk, plan.shape_key, None), {})
-            row.update({_shape_column(h, k): v for k, v in shape.items()})
-        for seq in settings.sequences:
-            item = items[seq]
-            for unit in plan.units:
-                values = item["entries"].get(engine.entry_key(hk, unit, item.get("box")), {})
-                row.update({f"{h}_{seq}_{k}": v for k, v in values.items()})
-    return row
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,7 +74,8 @@ def peak_rss_mb() -> float | None:
 
 
 def _run_task(task: dict, settings: FeatureSettings, label_convention: str | dict,
-              sitk_threads: int | None = None, tolerance: float = GEOMETRY_TOLERANCE) -> dict:
+              sitk_threads: int | None = None, tolerance: float = GEOMETRY_TOLERANCE,
+              brain_mask: str = "auto") -> dict:
     """Compute (or complete) one cached item; never raises: a failure comes back as data."""
     if sitk_threads is not None:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(sitk_threads)
@@ -161,13 +89,15 @@ def _run_task(task: dict, settings: FeatureSettings, label_convention: str | dic
         cached = engine.read_item(path) if path is not None else None
         with capture_warnings() as counts:
             item = engine.compute_item(subject, task["sequence"], task["with_shape"], settings, plan,
-                                       label_convention, cached, tolerance=tolerance)
+                                       label_convention, cached, tolerance=tolerance, brain_mask=brain_mask)
         item["seconds"] = round(time.perf_counter() - t0, 3)
         item["warnings"] = dict(counts)
         if path is not None:
             item["checksum"] = task.get("checksum")
             engine.write_item(path, item)
         out.update(status="computed", item=item, warnings=dict(counts))
+    except CacheWriteError as err:  # the disk, not the subject: extract_cohort stops the run
+        out["error"], out["write_error"] = str(err), [err.errno, err.filename, err.detail]
     except CohortError as err:
         out["error"] = str(err)
     except Exception as err:  # noqa: BLE001 - one bad subject must not end the cohort
@@ -180,14 +110,16 @@ def _run_task(task: dict, settings: FeatureSettings, label_convention: str | dic
 
 
 def extract_subject(subject: Subject, settings: FeatureSettings, label_convention: str | dict = "brats2021",
-                    tolerance: float = GEOMETRY_TOLERANCE) -> tuple[dict[str, float], dict]:
+                    tolerance: float = GEOMETRY_TOLERANCE, brain_mask: str = "auto") -> tuple[dict[str, float], dict]:
     """All habitat features of one subject, in this process, without cache.
 
-    ``tolerance`` is the image/mask geometry tolerance (the validated cohort's ``geometry_tolerance``).
+    ``tolerance`` is the image/mask geometry tolerance (the validated cohort's ``geometry_tolerance``),
+    ``brain_mask`` the brain of the z-score (the cohort's ``brain_mask``).
 
     Returns:
         ``(features, diagnostics)``. ``features`` maps column name to value (see the module doc);
-        an empty habitat has the same columns as a non-empty one, all NaN. ``diagnostics`` holds
+        an empty habitat has the same columns as a non-empty one, all NaN; so has a sequence the
+        subject lacks, plus ``<sequence>_missing = 1`` (absent when it lacks none). ``diagnostics`` holds
         ``voxels`` (per habitat, after resampling), ``bbox`` (``[[start, stop], ...]`` in (z, y, x)
         voxels of the resampled grid, None without tumour), ``seconds`` and ``warnings``.
 
@@ -198,14 +130,17 @@ def extract_subject(subject: Subject, settings: FeatureSettings, label_conventio
     t0 = time.perf_counter()
     plan = build_plan(settings.pyradiomics_params)
     items, counts = {}, Counter()
-    for i, seq in enumerate(settings.sequences):
+    present = present_sequences(subject, settings)
+    for seq in present:  # a sequence the subject lacks has no item: NaN features + <sequence>_missing
         with capture_warnings() as c:
-            items[seq] = engine.compute_item(subject, seq, i == 0, settings, plan, label_convention,
-                                             tolerance=tolerance)
+            items[seq] = engine.compute_item(subject, seq, seq == present[0], settings, plan, label_convention,
+                                             tolerance=tolerance, brain_mask=brain_mask)
         counts.update(c)
     features = dict.fromkeys(feature_columns(settings, plan), _NAN)
     features.update(assemble_row(items, settings, plan))
-    first = items[settings.sequences[0]]
+    missing = {subject.subject_id: subject.missing_sequences(settings.sequences)}
+    features.update({k: v[0] for k, v in missing_indicators(missing, settings).items()})
+    first = items[present[0]]
     voxels = {h: int(first["voxels"].get(engine.habitat_key(h, settings), 0)) for h in settings.habitats}
     diagnostics = {"voxels": voxels, "bbox": first.get("box"), "seconds": round(time.perf_counter() - t0, 3),
                    "warnings": dict(counts)}
@@ -242,10 +177,14 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
     A subject with any failed item is logged, recorded in ``failures.csv`` and in
     ``df.attrs["failures"]`` (``{subject_id: message}``) and left out of the table; its other items
     stay cached, and the other subjects are kept.
+    A cache that cannot be written (read-only, full disk, a file in the way) is no subject's failure:
+    it raises :class:`~radfusion.cache.CacheWriteError` (probed before any work, and at the first
+    item a worker cannot write), leaving no temporary file.
 
     Args:
         cohort: the cohort (its ``label_convention`` defines the habitats; its ``geometry_tolerance``, the
-            one it was validated with, is applied again to every read, outside the cache keys).
+            one it was validated with, is applied again to every read, outside the cache keys; its
+            ``brain_mask`` decides the brain of the z-score and, when not the default, enters the item keys).
         settings: feature settings.
         cache_dir: root of the feature cache.
         n_jobs: worker processes; None uses ``settings.n_jobs``; -1 = all cores.
@@ -260,16 +199,22 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise CohortError(f"duplicate subject_id(s) {dup[:5]}: give each timepoint its own id")
+    unknown = [s for s in settings.sequences if s not in cohort.sequences]
+    if unknown:
+        raise CohortError(f"features.sequences {settings.sequences} include {unknown}, which the cohort does not have "
+                          f"(data.cohort.sequences={list(cohort.sequences)}); leave features.sequences at its default")
     n_jobs = effective_n_jobs(settings.n_jobs if n_jobs is None else n_jobs)
     backend = backend or settings.backend
     scheduler = scheduler if scheduler is not None else settings.scheduler
     cache_dir = Path(cache_dir)
     out_dir = cache_dir / settings.cache_key()
+    ensure_writable(cache_dir, "feature cache")  # a read-only or misplaced cache stops here, before any work
     out_dir.mkdir(parents=True, exist_ok=True)
     # Validates the parameters here, once, rather than as one failure per item.
     plan = build_plan(settings.pyradiomics_params)
     columns = feature_columns(settings, plan, cache_dir)
     items_root = cache_dir / "items" / engine.prep_key(settings, plan)
+    remove_stale_temporaries(items_root)
     conv = cohort.label_convention
     t0 = time.perf_counter()
 
@@ -281,24 +226,37 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
     pending: dict[str, dict[str, dict]] = defaultdict(dict)
     failures, extra, diag_rows, checksums = {}, {}, {}, []
     counts, n_warn = Counter(), Counter()
+    # The sequences each subject has (a subject with none fails here; validation refuses it too).
+    present: dict[str, list[str]] = {}
+    for subject in cohort.subjects:
+        try:
+            present[subject.subject_id] = present_sequences(subject, settings)
+        except CohortError as err:
+            present[subject.subject_id], failures[subject.subject_id], diag_rows[subject.subject_id] = [], str(err), []
 
     def finish(result: dict) -> None:
         sid = result["subject_id"]
+        if result.get("write_error"):  # a full or read-only disk fails every later item too: stop
+            err_no, name, detail = result["write_error"]
+            where = f"writing {name}" + (f"; {detail}" if detail else "")
+            raise CacheWriteError(err_no, cache_dir, "feature cache", where)
         counts[result["status"]] += 1
         n_warn.update(result.get("warnings") or {})
         checksums.append((sid, result["sequence"], (result.get("item") or {}).get("checksum")))
         if result["status"] == "failed":
             log.error("radiomics: %s", result["error"])
         pending[sid][result["sequence"]] = result
-        if len(pending[sid]) < len(settings.sequences):
+        if len(pending[sid]) < len(present[sid]):
             return
         res = pending.pop(sid)
-        diag_rows[sid] = [_diagnostics_row(res[s], settings) for s in settings.sequences]
-        errors = list(dict.fromkeys(res[s]["error"] for s in settings.sequences if res[s]["status"] == "failed"))
+        diag_rows[sid] = [_diagnostics_row(res.get(s) or {"subject_id": sid, "sequence": s, "status": "missing"},
+                                           settings) for s in settings.sequences]
+        errors = list(dict.fromkeys(res[s]["error"] for s in settings.sequences
+                                    if s in res and res[s]["status"] == "failed"))
         if errors:
             failures[sid] = "; ".join(errors)
             return
-        for k, v in assemble_row({s: res[s]["item"] for s in settings.sequences}, settings, plan).items():
+        for k, v in assemble_row({s: r["item"] for s, r in res.items()}, settings, plan).items():
             j = col_index.get(k)
             if j is None:  # a name the phantom did not produce (e.g. LoG sigma wider than 32 mm)
                 extra.setdefault(k, {})[sid] = v
@@ -309,10 +267,14 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
     tasks = []
     memo: dict[str, str] = {}
     for subject in cohort.subjects:
-        for i, seq in enumerate(settings.sequences):
+        for i, seq in enumerate(present[subject.subject_id]):  # no item (no file to hash) for a missing one
             base = {"subject_id": subject.subject_id, "sequence": seq, "error": "", "warnings": {}}
             try:
-                checksum = engine.input_checksum([subject.images.get(seq), subject.seg], conv, memo)
+                brain = brain_key(subject, cohort.brain_mask, memo)
+                checksum = engine.input_checksum([subject.images.get(seq), subject.seg], conv, memo, brain=brain)
+            except CohortError as err:  # brain_mask=file without a brain mask file
+                finish({**base, "status": "failed", "item": None, "error": str(err)})
+                continue
             except (OSError, TypeError) as err:
                 name = getattr(err, "filename", None) or subject.images.get(seq)
                 finish({**base, "status": "failed", "item": None,
@@ -331,19 +293,33 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
     # processes that may live on other machines, so one thread each there.
     threads = 1 if backend == "dask" else max(1, (os.cpu_count() or 1) // n_jobs) if n_jobs > 1 else None
     fn = functools.partial(_run_task, settings=settings, label_convention=conv, sitk_threads=threads,
-                           tolerance=cohort.geometry_tolerance)
-    n_items = len(cohort) * len(settings.sequences)
+                           tolerance=cohort.geometry_tolerance, brain_mask=cohort.brain_mask)
+    n_items = sum(len(p) for p in present.values())
     bar = tqdm(total=n_items, initial=n_items - len(tasks), desc="habitat radiomics", unit="item",
                disable=not progress)
-    for result in run_tasks(fn, tasks, backend, n_jobs, scheduler):
-        finish(result)
-        bar.update(1)
-    bar.close()
+    results = run_tasks(fn, tasks, backend, n_jobs, scheduler)
+    try:
+        for result in results:
+            finish(result)
+            bar.update(1)
+    except CacheWriteError:
+        # Stopping the workers may kill one mid-write: clear the temporaries they leave (not on Dask,
+        # whose workers on other machines cannot be told from dead ones; the next run clears those).
+        getattr(results, "close", lambda: None)()
+        if backend != "dask":
+            remove_stale_temporaries(items_root, min_age_s=0)
+        raise
+    finally:
+        bar.close()
 
     kept = [sid for sid in ids if sid not in failures]
     df = pd.DataFrame(matrix[[row_of[s] for s in kept]], index=pd.Index(kept, name="subject_id"), columns=columns)
     if extra:
         df = pd.concat([df, pd.DataFrame(extra, index=df.index, dtype=float)], axis=1)
+    indicators = missing_indicators({sid: [q for q in settings.sequences if q not in present[sid]] for sid in kept},
+                                    settings)
+    if indicators:
+        df = pd.concat([df, pd.DataFrame(indicators, index=df.index, dtype=float)], axis=1)
     df.attrs["failures"] = failures
     diagnostics = pd.DataFrame([row for sid in ids for row in diag_rows[sid]])
     # The table is a function of the settings and of each item's inputs (entries are deterministic):

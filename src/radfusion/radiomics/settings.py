@@ -69,7 +69,8 @@ class FeatureSettings:
             ``params_file`` is given.
         params_file: path of a PyRadiomics YAML/JSON parameter file, used as-is.
         habitats: habitat names (``ET, NCR, ED, TC, WT`` and ``RING``, see :mod:`radfusion.cohort.habitats`).
-        sequences: MRI sequences to extract from.
+        sequences: MRI sequences to extract from; in the configs the cohort's (``data.cohort.sequences``).
+            A subject lacking one gets NaN features for it and ``<sequence>_missing = 1``.
         spacing: isotropic resampling in mm before extraction (None = native grid).
         normalize: ``"zscore"`` (in-brain z-score × ``normalize_scale``) or ``"none"`` (then
             PyRadiomics' own ``normalize`` setting, if on, is applied to each whole sequence).

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, stats
 
-from radfusion.cohort.habitats import convention_labels
+from radfusion.cohort.habitats import convention_label_sets, convention_labels
 from radfusion.cohort.subject import GEOMETRY_TOLERANCE
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,9 @@ def perturb_labels(seg: np.ndarray, kind: str, convention: str | dict = "brats20
         Label map of the same shape and dtype.
     """
     codes = _rank_codes(convention)
-    rank_of = {int(c): i for i, c in enumerate(codes)}
+    # Every label of a part has its part's rank (BraTS 2015 NCR = [1, 3]); the result writes each part's first label.
+    sets = convention_label_sets(convention)
+    rank_of = {0: 0, **{label: rank for rank, part in enumerate(("ED", "ET", "NCR"), 1) for label in sets[part]}}
     bad = sorted(set(np.unique(seg).tolist()) - set(rank_of))
     if bad:
         raise ValueError(f"labels {bad} outside the {convention} convention {sorted(rank_of)}")
@@ -185,13 +187,14 @@ def read_icc_table(table) -> pd.Series:
 def perturbed_features(subject, settings, label_convention: str | dict = "brats2021",
                        perturbations: Sequence[str] = PERTURBATIONS, work_dir: str | Path | None = None,
                        seed: int = 0, noise_fraction: float = 0.3,
-                       tolerance: float = GEOMETRY_TOLERANCE) -> pd.DataFrame:
+                       tolerance: float = GEOMETRY_TOLERANCE, brain_mask: str = "auto") -> pd.DataFrame:
     """Features of one subject under the original and each perturbed mask.
 
     Each perturbed mask is written (same geometry as the original) to ``work_dir`` (a temporary
     folder by default) and extracted with :func:`radfusion.radiomics.extract.extract_subject` on a
     copy of the subject whose ``seg`` points at it. Perturbation acts on the native grid.
-    ``tolerance`` is the image/mask geometry tolerance (the cohort's ``geometry_tolerance``).
+    ``tolerance`` is the image/mask geometry tolerance (the cohort's ``geometry_tolerance``), ``brain_mask``
+    the brain of the z-score (the cohort's ``brain_mask``).
 
     Returns:
         One row per condition (``original``, then ``perturbations``), columns ``subject_id``,
@@ -211,7 +214,7 @@ def perturbed_features(subject, settings, label_convention: str | dict = "brats2
     if brain.shape != seg.shape:
         raise ValueError(f"subject {sid}: image {first} and segmentation {subject.seg} differ in size")
     rows = []
-    features, _ = extract_subject(subject, settings, label_convention, tolerance)
+    features, _ = extract_subject(subject, settings, label_convention, tolerance, brain_mask)
     rows.append({"subject_id": sid, "condition": "original", **features})
     subject_seed = seed + zlib.crc32(sid.encode())
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -222,15 +225,15 @@ def perturbed_features(subject, settings, label_convention: str | dict = "brats2
             path = Path(tmp) / f"{sid}_seg_{kind}.nii.gz"
             sitk.WriteImage(img, str(path))
             copy = dataclasses.replace(subject, seg=path)
-            features, _ = extract_subject(copy, settings, label_convention, tolerance)
+            features, _ = extract_subject(copy, settings, label_convention, tolerance, brain_mask)
             rows.append({"subject_id": sid, "condition": kind, **features})
     return pd.DataFrame(rows)
 
 
-def _one(subject, settings, label_convention, perturbations, work_dir, seed, noise_fraction, tolerance):
+def _one(subject, settings, label_convention, perturbations, work_dir, seed, noise_fraction, tolerance, brain_mask):
     try:
         return perturbed_features(subject, settings, label_convention, perturbations, work_dir, seed,
-                                  noise_fraction, tolerance), None
+                                  noise_fraction, tolerance, brain_mask), None
     except Exception as err:  # noqa: BLE001 - one bad subject must not end the study
         return None, f"subject {subject.subject_id}: {type(err).__name__}: {err} (segmentation {subject.seg})"
 
@@ -249,7 +252,7 @@ def stability_study(cohort, settings, perturbations: Sequence[str] = PERTURBATIO
     from tqdm.auto import tqdm
 
     jobs = (delayed(_one)(s, settings, cohort.label_convention, tuple(perturbations), work_dir, seed, noise_fraction,
-                          cohort.geometry_tolerance)
+                          cohort.geometry_tolerance, cohort.brain_mask)
             for s in cohort.subjects)
     results = Parallel(n_jobs=n_jobs, return_as="generator")(jobs)
     frames, failures = [], {}

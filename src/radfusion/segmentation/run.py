@@ -78,7 +78,8 @@ def _table_from_cohort(cohort: Cohort, base: Path) -> pd.DataFrame:
     keep = [c for c in ("site", "age", "sex", "idh", "mgmt", "codeletion", "grade", "os_days", "os_event")
             if c in cohort.clinical.columns]
     for s in cohort.subjects:
-        row = {"subject_id": s.subject_id, **{q: _rel(s.images[q], base) for q in SEQUENCES},
+        row = {"subject_id": s.subject_id,  # a sequence the subject lacks: an empty cell, as a manifest has it
+               **{q: _rel(s.images[q], base) if q in s.images else "" for q in cohort.sequences},
                "seg": _rel(s.seg, base) if s.seg is not None else ""}
         for c in keep:
             v = cohort.clinical.at[s.subject_id, c]

@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from radfusion.cohort.habitats import convention_labels
+from radfusion.cohort.habitats import convention_label_sets
 from radfusion.cohort.subject import SEQUENCES, Cohort
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,8 @@ def train_toy_model(cohort: Cohort, out_dir: str | Path, steps: int = 200, batch
     if not train:
         raise ValueError("train_toy_model: the cohort has no subject with a segmentation to learn from")
     labels = dict(labels or TOY_LABELS)
-    conv = convention_labels(cohort.label_convention)
-    to_model = {conv[k]: labels[k] for k in ("NCR", "ED", "ET")}
+    conv = convention_label_sets(cohort.label_convention)  # every label of a part (BraTS 2015 NCR = [1, 3])
+    to_model = {value: labels[k] for k in ("NCR", "ED", "ET") for value in conv[k]}
     rw_probe = sitk.ReadImage(str(train[0].images[SEQUENCES[0]]))
     spacing_zyx = list(rw_probe.GetSpacing())[::-1]
     shape_zyx = list(rw_probe.GetSize())[::-1]

@@ -91,12 +91,15 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
 
 
 def _run_summary(cfg: DictConfig, dm, mode: str, t0: float, t_data: float) -> dict:
+    """The run's description in ``metrics.json``. ``excluded_subjects`` is every subject of the cohort
+    the run left out, with the step and reason (``validation: ...``, ``extraction: ...``, ``ROI: ...``;
+    :attr:`radfusion.data.prepare.PreparedCohort.failures`): a reader must see who is missing."""
     return {
         "experiment": cfg.get("task_name"), "mode": mode, "targets": list(dm.targets),
         "survival": bool(getattr(dm, "survival_target", False)), "seed": cfg.get("seed"), "fold": dm.fold,
         "n_subjects": {s: len(dm.splits[s]) for s in SPLITS}, "splits_file": str(dm.splits_file),
         "n_radiomics_raw": len(getattr(dm, "feature_names_in", [])), "n_radiomics_model": dm.radiomics_dim,
-        "excluded_subjects": dm.failures,
+        "excluded_subjects": dict(dm.failures), "n_excluded": len(dm.failures),
         "seconds_data": round(t_data, 1), "seconds_total": round(time.perf_counter() - t0, 1),
     }
 
@@ -109,6 +112,9 @@ def _report(metrics: dict, dm, mode: str, out_dir: Path) -> None:
                  metrics[f"test/auc_{name}_n"])
     if "test/cindex" in metrics:
         log.info("test C-index (survival, %s): %.3f", mode, metrics["test/cindex"])
+    if dm.failures:
+        log.warning("%d subjects excluded: %s", len(dm.failures),
+                    "; ".join(f"{sid} — {why}" for sid, why in sorted(dm.failures.items())))
     log.info("results in %s", out_dir)
 
 
