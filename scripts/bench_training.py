@@ -3,6 +3,13 @@
     python scripts/bench_training.py                       # 4x96^3 ROIs, batch 2, every encoder (CPU: minutes)
     python scripts/bench_training.py --size 48 --steps 4   # quick
     python scripts/bench_training.py --device cuda --amp   # GPU with mixed precision (+ utilisation)
+    python scripts/bench_training.py --levers --prepare    # issue 16: CPU levers, validation cache (minutes)
+    python scripts/bench_training.py --ablation            # the 15-run 5-fold ablation + evaluate.py (~30+ min)
+
+``--levers`` / ``--prepare`` / ``--ablation`` (scripts/bench_levers.py) replace the tables below: fp32 vs
+bf16-mixed vs channels_last_3d vs both per step on the default encoder and ROI size (levers interleaved in
+one process, non-finite gradients counted), warm data preparation with the validation cache off / on, and
+the ablation's wall time per mode; every figure with the load average beside it.
 
 Per encoder (the configs in configs/model/encoder/), on ROI tensors of the default synthetic cohort
 cached at ``--size``³ (built once into cache/rois/):
@@ -188,12 +195,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frozen-threads", type=int, default=1,
                         help="torch threads of a frozen trial (a small MLP: more threads only add sync overhead)")
     parser.add_argument("--json", help="also write the results here")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_levers  # scripts/bench_levers.py: the issue-16 benchmarks
+
+    bench_levers.add_arguments(parser)
     args = parser.parse_args(argv)
 
     os.environ.setdefault("RADFUSION_ROOT", str(ROOT))
     os.environ.setdefault("WANDB_MODE", "offline")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.levers or args.prepare or args.ablation:
+        res = bench_levers.run_selected(args, args.threads)
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+        return
     from radfusion.data.prepare import read_validated_cohort
     from radfusion.imaging.roi import ROISettings, build_roi_cache
 

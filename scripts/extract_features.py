@@ -17,6 +17,7 @@ os.environ.setdefault("RADFUSION_ROOT", str(Path(__file__).resolve().parents[1])
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from radfusion import quiet  # noqa: E402
 from radfusion.cache import CacheWriteError  # noqa: E402
 from radfusion.cohort.subject import CohortError  # noqa: E402
 from radfusion.radiomics.run import run_extraction  # noqa: E402
@@ -24,10 +25,13 @@ from radfusion.radiomics.run import run_extraction  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="extract.yaml")
 def main(cfg: DictConfig) -> None:
+    quiet.silence_third_party()  # third-party INFO lines (pykwalify, ...) dropped, counted in one closing line
     try:
         run_extraction(cfg)
     except (CohortError, CacheWriteError) as err:  # a message for the user, not a traceback
         sys.exit(f"extract_features: {err}")
+    finally:
+        quiet.log_summary()
 
 
 if __name__ == "__main__":

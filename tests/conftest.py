@@ -51,10 +51,10 @@ def cfg_factory(tiny_cohort, shared_cache, tmp_path):
             "n_bootstrap=100",
             *(extra or []),
         ]
-        if "handcrafted" not in experiment:
-            overrides.append("model.encoder.block_inplanes=[4,8,8,16]")
         cfg = compose_train_cfg(overrides)
         with open_dict(cfg):
+            if cfg.model.get("encoder") is not None:  # a slim CNN (handcrafted / clinical-only have none)
+                cfg.model.encoder.block_inplanes = [4, 8, 8, 16]
             cfg.paths.output_dir = str(tmp_path / "run")
         return cfg
 

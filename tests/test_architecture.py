@@ -31,8 +31,8 @@ MAX_LINES = 400
 #: stages before it. ``evaluation`` comes before models and training on purpose: it is a leaf library of
 #: metric functions over prediction arrays and files; models (epoch metrics) and training (metrics.json)
 #: call it, and it needs no stage's code.
-STAGES = ("cache", "cohort", "imaging", "radiomics", "segmentation", "features", "data", "evaluation", "models",
-          "baselines", "training")
+STAGES = ("cache", "safe_load", "quiet", "provenance", "cohort", "imaging", "radiomics", "segmentation", "features",
+          "data", "evaluation", "models", "baselines", "explain", "training", "inference")
 
 #: Packages beside the pipeline, with the stages each may import (besides itself). ``synthetic`` makes a
 #: cohort (it feeds the stages as a cohort on disk does), so it may use the cohort's types and the cache.

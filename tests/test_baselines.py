@@ -169,8 +169,8 @@ def test_one_class_in_train_is_a_clear_error():
     dm.targets, dm.labels = [], np.empty((len(dm.ids), 0))
     with pytest.raises(BaselineError, match="data.targets is empty"):
         run_baseline(shipped("rf", grid={}), dm)
-    with pytest.raises(BaselineError, match=r"baseline xgboost: model.estimator must be a \{_target_"):
-        run_baseline({"baseline": "xgboost"}, dm)
+    with pytest.raises(BaselineError, match=r"baseline noblock: model.estimator must be a \{_target_"):
+        run_baseline({"baseline": "noblock"}, dm)
     with pytest.raises(BaselineError, match="sklearn.ensemble.NoSuchForest"):  # a target that cannot be imported
         run_baseline({"baseline": "typo", "estimator": {"_target_": "sklearn.ensemble.NoSuchForest"}}, dm)
 
@@ -195,7 +195,7 @@ def test_experiment_configs_compose():
     from helpers.config import compose_train_cfg
 
     for exp, kind in [("idh_baseline_lr", "lr_l2"), ("idh_baseline_svm", "svm"), ("survival_baseline_coxnet", "coxnet"),
-                      ("survival_baseline_rsf", "rsf")]:
+                      ("survival_baseline_rsf", "rsf"), ("idh_baseline_xgb", "xgb")]:
         cfg = compose_train_cfg([f"experiment={exp}"])
         assert cfg.model.baseline == kind and cfg.task_name == exp
         assert OmegaConf.to_container(cfg.model, resolve=True)["seed"] == cfg.seed
@@ -256,3 +256,20 @@ def test_svm_calibration_folds_are_capped_by_the_smaller_class():
     ref = CalibratedClassifierCV(SVC(C=1.0, class_weight="balanced", random_state=0), method="sigmoid", cv=3,
                                  ensemble=False).fit(X, y)
     np.testing.assert_array_equal(ours.predict_proba(X), ref.predict_proba(X))
+
+
+def test_xgboost_equals_a_direct_fit_and_is_deterministic():
+    """The shipped XGBoost block (one thread, fixed seed) gives exactly a direct xgboost fit, twice."""
+    from xgboost import XGBClassifier
+
+    dm = make_dm(8)
+    cfg = shipped("xgb", grid={}, n_estimators=40)
+    pred = run_baseline(cfg, dm)
+    assert list(pred.columns) == ["subject_id", "split", "fold", "prob_idh", "label_idh", "prob_mgmt", "label_mgmt"]
+    np.testing.assert_array_equal(run_baseline(cfg, dm)["prob_idh"], pred["prob_idh"])
+    params = {k: v for k, v in cfg["estimator"].items() if k != "_target_"}
+    y_tr = dm.labels[_rows(dm, "train"), 0]
+    known = ~np.isnan(y_tr)
+    ref = XGBClassifier(**params).fit(dm.radiomics["train"][known], y_tr[known].astype(int))
+    np.testing.assert_allclose(pred.loc[pred.split == "test", "prob_idh"],
+                               ref.predict_proba(dm.radiomics["test"])[:, 1], rtol=1e-6)

@@ -181,4 +181,7 @@ def test_evaluate_cli(sweep, tmp_path):
     report = tmp_path / "reports" / "cli"
     assert (report / "report.html").is_file() and (report / ".hydra" / "config.yaml").is_file()
     assert pd.read_csv(tmp_path / "copy.csv").equals(pd.read_csv(report / "table.csv"))
+    log_text = (report / "evaluate.log").read_text()  # the driver logs what it does, not only the console
+    assert "evaluating 6 run(s) in 3 group(s)" in log_text and "report:" in log_text and "idh_hybrid" in log_text
+    assert (report / "rqs.csv").is_file() and (report / "tripod_ai.csv").is_file()
     assert json.loads((sweep / "0_idh_handcrafted" / "metrics.json").read_text())["mode"] == "handcrafted"

@@ -49,16 +49,19 @@ def predict_cfg(run: Path, cohort_manifest: Path, synthetic: dict, cache: Path, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment", ["idh_handcrafted", "idh_deep", "idh_hybrid", "idh_baseline_lr",
-                                        "survival_baseline_coxph"])
-def test_predict_reproduces_the_training_run(cfg_factory, tiny_cohort, shared_cache, tmp_path, experiment):
+@pytest.mark.parametrize(("experiment", "extra"), [
+    ("idh_handcrafted", []), ("idh_deep", []), ("idh_hybrid", ["model.clinical=[age,sex]"]),
+    ("idh_baseline_lr", ["model.clinical=[age]"]), ("survival_baseline_coxph", []), ("idh_clinical", [])])
+def test_predict_reproduces_the_training_run(cfg_factory, tiny_cohort, shared_cache, tmp_path, experiment, extra):
     """predict.py on the training cohort gives the run's own probabilities (1e-6) for every subject."""
-    cfg = cfg_factory(experiment)
+    cfg = cfg_factory(experiment, extra)
     train(cfg)
     run = Path(cfg.paths.output_dir)
     meta = json.loads((run / "model" / "bundle.json").read_text())
     assert meta["format"] == "radfusion-bundle" and meta["targets"] == list(cfg.data.targets)
     assert meta["training_sites"] and meta["files"]
+    assert meta["clinical_columns"] == list(cfg.model.get("clinical") or [])
+    assert ("clinical.json" in meta["files"]) == bool(meta["clinical_columns"])
     for name in meta["files"]:
         assert (run / "model" / name).is_file()
 
@@ -117,8 +120,9 @@ def test_new_sites_combat_policy_and_one_unlabelled_subject(cfg_factory, tiny_co
     for kind in ("t1", "t1ce", "t2", "flair", "seg"):
         shutil.copy(external_cohort.parent / row[kind], case / f"CASE1_{kind}.nii.gz")
     out = tmp_path / "single"
-    pcfg = compose_config("predict.yaml", [f"bundle={run / 'model'}", "data=brats", f"data.cohort.path={case}", "data.cohort.clinical=null",
-                                           f"paths.cache_dir={shared_cache}", "n_bootstrap=50", "progress=false"])
+    pcfg = compose_config("predict.yaml", [f"bundle={run / 'model'}", "data=brats", f"data.cohort.path={case}",
+                                           "data.cohort.clinical=null", f"paths.cache_dir={shared_cache}",
+                                           "n_bootstrap=50", "progress=false"])
     with open_dict(pcfg):
         pcfg.paths.output_dir = str(out)
     m = predict(pcfg)

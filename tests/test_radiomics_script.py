@@ -79,7 +79,8 @@ def test_train_extract_and_segment_compose_one_cohort_group() -> None:
     assert manifest == _block(segment.cohort) == {
         "source": "manifest", "path": "/m.csv", "clinical": None, "label_convention": "brats2021",
         "skip_invalid": False, "geometry_tolerance": 1e-3, "brain_mask": "auto",
-        "sequences": ["t1", "t1ce", "t2", "flair"], "missing_sequences": "auto", "label_values": None}
+        "sequences": ["t1", "t1ce", "t2", "flair"], "missing_sequences": "auto", "label_values": None,
+        "validation_cache": True}
     assert _block(compose_train_cfg(["cohort@data.cohort=manifest", "data.cohort.path=/m.csv"]).data.cohort) == manifest
     seg_nnunet = compose_config("segment.yaml", ["cohort=nnunet", "cohort.path=/n", "model.folder=/m"])
     assert _block(seg_nnunet.cohort)["clinical"] is None and seg_nnunet.cohort.label_convention == "auto"

@@ -24,7 +24,7 @@ def _data(n: int = 120, p: int = 300, seed: int = 0):
     return X, y, surv
 
 
-@pytest.mark.parametrize("method", ["l1_logistic", "lasso", "mrmr"])
+@pytest.mark.parametrize("method", ["l1_logistic", "lasso", "mrmr", "rfecv"])
 def test_marker_selectors_find_the_planted_features(method):
     X, y, _ = _data()
     sel = FeatureSelector(method, n_features=3).fit(X, y)
@@ -32,7 +32,7 @@ def test_marker_selectors_find_the_planted_features(method):
     assert FeatureSelector(method, n_features=8).fit(X, y).transform(X).shape == (len(X), 8)
 
 
-@pytest.mark.parametrize("method", ["coxnet", "mrmr"])
+@pytest.mark.parametrize("method", ["coxnet", "mrmr", "rfecv"])
 def test_survival_selectors_find_the_planted_features(method):
     X, _, surv = _data()
     assert sorted(FeatureSelector(method, n_features=3).fit(X, surv).support_) == PLANTED
@@ -100,6 +100,46 @@ def test_selector_errors():
         FeatureSelector("ridge", 3).fit(X, y)
     with pytest.raises(ValueError, match="one class only"):
         FeatureSelector("l1_logistic", 3).fit(X, np.ones(40))
+
+
+def test_rfecv_equals_a_direct_scikit_learn_rfecv_on_the_labelled_rows():
+    """rfecv = scikit-learn's RFECV (L2 logistic, stratified 5-fold AUC) on the rows with a label; it ends
+    in the same fitted attributes as every selector (plain arrays only) and keeps the planted features."""
+    from sklearn.feature_selection import RFECV
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    X, y, _ = _data(n=100, p=60, seed=3)
+    y_masked = y.copy()
+    y_masked[:10] = np.nan  # unknown labels are left out, never guessed
+    sel = FeatureSelector("rfecv", random_state=1).fit(X, y_masked)
+    ref = RFECV(LogisticRegression(C=1.0, max_iter=2000), step=0.1, scoring="roc_auc",
+                cv=StratifiedKFold(5, shuffle=True, random_state=1)).fit(X[10:], y[10:])
+    assert sorted(sel.support_) == sorted(np.flatnonzero(ref.support_))
+    assert set(PLANTED) <= set(sel.support_)
+    np.testing.assert_array_equal(sel.ranking_, ref.ranking_)
+    np.testing.assert_allclose(sel.cv_scores_, ref.cv_results_["mean_test_score"])
+    np.testing.assert_array_equal(sel.cv_n_features_, ref.cv_results_["n_features"])
+    coef = np.abs(ref.estimator_.coef_.ravel())
+    assert list(sel.support_) == list(np.flatnonzero(ref.support_)[np.argsort(-coef, kind="stable")])  # by |coef|
+    assert sel.kind_ == "binary" and sel.n_features_in_ == 60
+    for name in ("support_", "ranking_", "cv_scores_", "cv_n_features_"):
+        assert type(getattr(sel, name)) is np.ndarray, name
+    np.testing.assert_array_equal(sel.transform(X), X[:, sel.support_])
+    with pytest.raises(ValueError, match="rfe_step must be a fraction"):
+        FeatureSelector("rfecv", rfe_step=2).fit(X, y)
+    with pytest.raises(ValueError, match="needs a binary or survival target, got continuous"):
+        FeatureSelector("rfecv").fit(X, X[:, 0])
+
+
+def test_rfecv_in_the_processor():
+    X, y, surv = _data(n=120, p=60, seed=4)
+    frame = pd.DataFrame(X, columns=[f"x{i}" for i in range(X.shape[1])])
+    proc = make_feature_processor({"selector": "rfecv", "n_features": 3}).fit(frame, y)
+    assert sorted(proc.feature_names_out_) == ["x17", "x3", "x42"]
+    assert proc.transform(frame).shape == (len(frame), 3)
+    cox = make_feature_processor({"selector": "rfecv"}).fit(frame, surv)  # number kept by 5-fold Harrell's C
+    assert {"x3", "x17", "x42"} <= set(cox.feature_names_out_) and cox.selector_.cv_scores_.max() > 0.6
 
 
 # ------------------------------------------------------------------ FeatureProcessor

@@ -8,6 +8,9 @@ see exactly the features the Lightning modes see. Models are fitted on training 
 label (markers) or known survival only. A hyperparameter grid, when configured, is chosen by the
 validation split (AUC for markers, Harrell's C for survival), never by the test split.
 
+With ``model.clinical`` set, the datamodule's fold-processed clinical covariates (``dm.clinical_inputs``,
+fitted on the training subjects; :mod:`radfusion.features.clinical`) are appended to the radiomics columns.
+
 The returned table has one row per subject of every split, in the same layout as the Lightning
 runs' ``predictions.csv``::
 
@@ -53,6 +56,14 @@ def _features(dm) -> dict[str, np.ndarray]:
             raise BaselineError(f"non-finite radiomics features for subject(s) {who} ({split} split) "
                                 "after in-fold processing")
         X[split] = arr
+    clinical = getattr(dm, "clinical_inputs", None)
+    if clinical is not None:  # fitted on the training split by the datamodule, like the radiomics
+        for split in SPLITS:
+            extra = np.asarray(clinical[split], dtype=np.float64)
+            if extra.shape[0] != X[split].shape[0]:
+                raise BaselineError(f"dm.clinical_inputs[{split!r}] has {extra.shape[0]} rows, the features "
+                                    f"{X[split].shape[0]}")
+            X[split] = np.hstack([X[split], extra])
     widths = {a.shape[1] for a in X.values()}
     if len(widths) != 1:
         raise BaselineError(f"radiomics matrices of the splits have different widths {sorted(widths)}")
@@ -175,6 +186,7 @@ def _marker_predictions(kind: str, cfg: dict, dm, X: dict, out: dict, info: dict
             y["val"][vk].astype(int), marker)
         info["chosen"][marker], info["val_scores"][marker] = chosen, scores
         info["n_train"][marker] = int(known.sum())
+        info["_fitted"]["models"][marker] = model
         for s in SPLITS:
             out[s][f"prob_{marker}"] = positive_probability(model, X[s])
             out[s][f"label_{marker}"] = y[s]
@@ -218,12 +230,14 @@ def _survival_predictions(kind: str, cfg: dict, dm, X: dict, out: dict, info: di
                                             X["val"][known["val"]], ys["val"], "survival")
     info["chosen"]["survival"], info["val_scores"]["survival"] = chosen, scores
     info["n_train"]["survival"], info["n_events_train"] = int(known["train"].sum()), n_ev
+    info["_fitted"]["models"]["survival"] = model
+    info["_fitted"]["predict_kw"] = _jsonable(dict(kw))
     for s in SPLITS:
         out[s]["risk"] = np.asarray(model.predict(X[s], **kw), dtype=np.float64)
         out[s]["os_days"], out[s]["os_event"] = time[rows[s]], event[rows[s]]
 
 
-def run_baseline(model_cfg: dict, dm) -> pd.DataFrame:
+def run_baseline(model_cfg: dict, dm, fitted: dict | None = None) -> pd.DataFrame:
     """Fit one classical baseline and predict every subject of every split.
 
     Args:
@@ -232,6 +246,8 @@ def run_baseline(model_cfg: dict, dm) -> pd.DataFrame:
             model), grid: {param: [values]} (optional; chosen by validation AUC / C-index; values are
             set with ``set_params``), alpha_path: bool (Coxnet: choose alpha along the fitted path),
             alpha: float (used when the validation split cannot choose along the path)}``.
+        fitted: when given, filled with ``{"models": {marker or "survival": estimator}, "predict_kw": {...}}``
+            (what the model bundle saves, :mod:`radfusion.training.bundle`).
         dm: a set-up datamodule with ``ids, targets, labels (N, T), survival (DataFrame os_days,
             os_event), splits, radiomics (split -> (n_split, F)), fold``.
 
@@ -253,6 +269,8 @@ def run_baseline(model_cfg: dict, dm) -> pd.DataFrame:
     X = _features(dm)
     out = {s: {"subject_id": list(dm.splits[s]), "split": s, "fold": int(getattr(dm, "fold", 0))} for s in SPLITS}
     info = {"kind": kind, "chosen": {}, "val_scores": {}, "n_train": {}, "n_features": int(X["train"].shape[1])}
+    info["_fitted"] = fitted if fitted is not None else {}
+    info["_fitted"].update(models={}, predict_kw={})
     if markers:
         if not list(dm.targets):
             raise BaselineError(f"baseline {kind} predicts markers but data.targets is empty; "
@@ -261,5 +279,6 @@ def run_baseline(model_cfg: dict, dm) -> pd.DataFrame:
     else:
         _survival_predictions(kind, cfg, dm, X, out, info)
     table = pd.concat([pd.DataFrame(out[s]) for s in SPLITS], ignore_index=True)
+    info.pop("_fitted")
     table.attrs["baseline"] = info
     return table

@@ -129,7 +129,8 @@ def read_brats2023(root: str | Path, clinical_csv: str | Path | None = None,
     if not root.is_dir():
         raise CohortError(f"BraTS 2023 folder {root} does not exist")
     subjects = []
-    for case in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    single = any(_brats2023_file(root, BRATS2023_SUFFIXES[seq]) for seq in sequences)  # one case folder
+    for case in [root] if single else sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images = {}
         absent = {}
         for seq in sequences:
@@ -295,6 +296,7 @@ def read_brats2021(root: str | Path, clinical_csv: str | Path | None = None,
                    label_values: Mapping | None = None) -> Cohort:
     """Read the BraTS 2021 layout ``<root>/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz``.
 
+    ``root`` may also be one case folder (``<id>/<id>_t1.nii.gz``...): a cohort of that one subject.
     Clinical values come from ``clinical_csv`` (``subject_id`` column) when given. Only ``sequences``
     are read; a folder that lacks one of their files gives a subject without that sequence.
     """
@@ -303,7 +305,8 @@ def read_brats2021(root: str | Path, clinical_csv: str | Path | None = None,
     if not root.is_dir():
         raise CohortError(f"BraTS folder {root} does not exist")
     subjects, ids = [], []
-    for case in sorted(p for p in root.iterdir() if p.is_dir()):
+    single = any((root / f"{root.name}_{seq}.nii.gz").exists() for seq in sequences)  # one case folder
+    for case in [root] if single else sorted(p for p in root.iterdir() if p.is_dir()):
         sid = case.name
         files = {seq: case / f"{sid}_{seq}.nii.gz" for seq in sequences}
         images = {seq: f.resolve() for seq, f in files.items() if f.exists()}
@@ -360,15 +363,19 @@ def cohort_from_config(cfg: Mapping, progress: bool = True) -> Cohort:
     return cohort
 
 
-def read_validated_cohort(cohort_cfg: dict, progress: bool = True, min_subjects: int = 2) -> Cohort:
+def read_validated_cohort(cohort_cfg: dict, progress: bool = True, min_subjects: int = 2,
+                          cache_dir: str | Path | None = None) -> Cohort:
     """The cohort of a ``cohort:`` config block, validated once with the config's tolerance and brain mask choice:
     what train.py (:func:`radfusion.data.prepare.prepare_cohort`) and extract_features.py read, so that both
-    accept and refuse the same subjects (those dropped by ``skip_invalid`` in the result's ``excluded``)."""
+    accept and refuse the same subjects (those dropped by ``skip_invalid`` in the result's ``excluded``).
+    With ``cache_dir`` (and ``validation_cache`` not false in the block) passed subjects are remembered
+    there (:mod:`radfusion.cohort.validation_cache`)."""
     cohort = cohort_from_config(cohort_cfg, progress=progress)
     return validate_cohort(cohort, tolerance=cohort_cfg.get("geometry_tolerance", 1e-3),
                            skip_invalid=cohort_cfg.get("skip_invalid", False), min_subjects=min_subjects,
                            brain_mask=cohort_cfg.get("brain_mask", "auto"),
-                           missing_sequences=cohort_cfg.get("missing_sequences", "auto"))
+                           missing_sequences=cohort_cfg.get("missing_sequences", "auto"),
+                           cache_dir=cache_dir if cohort_cfg.get("validation_cache", True) else None)
 
 
 def _plain(cfg) -> dict:

@@ -14,9 +14,11 @@ preprocessing re-runs them on the images it reads, with the same messages.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import SimpleITK as sitk
 
@@ -41,6 +43,7 @@ from radfusion.cohort.subject import (
     missing_sequence_policy,
     read_image,
 )
+from radfusion.cohort.validation_cache import validate_with_cache
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,8 @@ def validate_subject(subject: Subject, label_convention: str | dict = "brats2021
 
 
 def validate_cohort(cohort: Cohort, tolerance: float = GEOMETRY_TOLERANCE, skip_invalid: bool = False,
-                    min_subjects: int = 1, brain_mask: str | None = None, missing_sequences: str = "auto") -> Cohort:
+                    min_subjects: int = 1, brain_mask: str | None = None, missing_sequences: str = "auto",
+                    cache_dir: str | Path | None = None) -> Cohort:
     """Validate every subject with ``tolerance``; the returned cohort records it (``geometry_tolerance``),
     and the ``brain_mask`` choice (``data.cohort.brain_mask``; None: the cohort's own, as
     :func:`~radfusion.cohort.readers.cohort_from_config` set it) it checked the brains for (``brain_mask``).
@@ -112,13 +116,16 @@ def validate_cohort(cohort: Cohort, tolerance: float = GEOMETRY_TOLERANCE, skip_
     ``impute`` keeps it (its features of those sequences are NaN with a ``<sequence>_missing`` indicator,
     imputed in-fold; its ROI channel is zero), ``skip`` drops it, ``error`` makes it a validation failure
     (raised, or dropped with ``skip_invalid``); ``auto`` is ``error`` with ``skip_invalid``, else ``impute``.
+
+    ``cache_dir``: remember passed subjects under ``<cache_dir>/validation/``, keyed by their files' stamps
+    and these settings (:mod:`radfusion.cohort.validation_cache`); None checks every subject.
     """
     policy = missing_sequence_policy(missing_sequences, skip_invalid)
     brain_mask = cohort.brain_mask if brain_mask is None else brain_mask
     if brain_mask not in BRAIN_MASKS:  # a config error, not one per subject
         raise CohortError(f"data.cohort.brain_mask must be one of {list(BRAIN_MASKS)}, got {brain_mask!r}")
     ids = cohort.ids
-    kept, failures = [], {}  # failures: subject -> reason
+    kept, failures, reused = [], {}, 0  # failures: subject -> reason
     # An id on several rows (manifest or clinical table) is ambiguous: which row's images and labels
     # are meant cannot be told, so every row of it is a failure; skip_invalid drops them all, by name.
     n_rows = Counter(cohort.clinical.index)
@@ -141,14 +148,19 @@ def validate_cohort(cohort: Cohort, tolerance: float = GEOMETRY_TOLERANCE, skip_
                                           "(data.cohort.missing_sequences=skip)")
                 log.warning("skipping subject: %s", failures[s.subject_id])
                 continue
-            validate_subject(s, cohort.label_convention, tolerance, brain_mask=brain_mask,
-                             sequences=cohort.sequences, allow_missing=policy == "impute")
+            settings = {"label_convention": cohort.label_convention, "tolerance": tolerance,
+                        "brain_mask": brain_mask, "sequences": list(cohort.sequences), "policy": policy}
+            reused += validate_with_cache(s, settings, cache_dir, functools.partial(
+                validate_subject, s, cohort.label_convention, tolerance, brain_mask=brain_mask,
+                sequences=cohort.sequences, allow_missing=policy == "impute"))
             kept.append(s)
         except CohortError as err:
             if not skip_invalid:
                 raise
             failures[s.subject_id] = str(err)
             log.error("skipping invalid subject: %s", err)
+    if reused:
+        log.info("validation: %d of %d subjects unchanged since they passed (cache/validation/)", reused, len(ids))
     if failures:
         log.warning("%d of %d subjects failed validation and were skipped", len(failures), len(ids))
     if len(kept) < min_subjects:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from radfusion.data.dataset import SubjectDataset
 from radfusion.data.prepare import PreparedCohort, prepare_cohort
-from radfusion.data.samplers import EventBatchSampler
+from radfusion.data.samplers import evaluation_loader, training_loader
 from radfusion.data.splits import load_or_make_fold
 from radfusion.data.targets import (
     check_cohort_size,
@@ -32,6 +32,7 @@ from radfusion.data.targets import (
     marker_labels,
     survival_table,
 )
+from radfusion.features.clinical import check_not_targets, fit_clinical
 from radfusion.features.processor import make_feature_processor
 from radfusion.imaging.augment import ROIAugment
 from radfusion.imaging.roi import ROISettings
@@ -71,6 +72,9 @@ class RadFusionDataModule(pl.LightningDataModule):
             process with the same settings and unchanged files (sweeps; off by default).
         longitudinal: one row per patient with delta radiomics between two timepoints
             (:func:`radfusion.data.prepare.to_patient_level`); None: one row per scan.
+        clinical_columns: clinical covariates served as batch key ``"clinical"`` (``model.clinical``), processed
+            by :class:`radfusion.features.clinical.ClinicalTransformer` fitted on the training split;
+            ``clinical_categorical`` names numeric ones to one-hot encode. A target column is refused.
     """
 
     def __init__(
@@ -97,6 +101,8 @@ class RadFusionDataModule(pl.LightningDataModule):
         progress: bool = True,
         reuse_in_process: bool = False,
         longitudinal: dict | None = None,
+        clinical_columns: Sequence[str] | None = None,
+        clinical_categorical: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.cohort_cfg = _plain(cohort)
@@ -129,6 +135,9 @@ class RadFusionDataModule(pl.LightningDataModule):
         self.progress = progress
         self.reuse_in_process = reuse_in_process
         self.prepared: PreparedCohort | None = None
+        self.clinical_columns = [str(c) for c in (_plain(clinical_columns) or [])]
+        self.clinical_categorical = [str(c) for c in (_plain(clinical_categorical) or [])]
+        check_not_targets(self.clinical_columns, self.targets, self.survival_target)  # before any work
 
     # ------------------------------------------------------------------ preparation
     def prepare_data(self) -> None:
@@ -189,6 +198,17 @@ class RadFusionDataModule(pl.LightningDataModule):
             self._fit_feature_processor()
         else:
             self.radiomics_dim = 0
+        self._fit_clinical()
+
+    def _fit_clinical(self) -> None:
+        """Clinical covariates: imputation / encoding / scaling fitted on the training split only."""
+        self.clinical_pipeline, self.clinical_inputs, self.clinical_dim = None, None, 0
+        if self.clinical_columns:
+            self.clinical_pipeline, self.clinical_inputs = fit_clinical(
+                self.cohort.clinical, self.splits, self.clinical_columns, self.clinical_categorical,
+                self.targets, self.survival_target)
+            self.clinical_dim = len(self.clinical_pipeline.feature_names_out_)
+            log.info("clinical: %s → %d inputs", self.clinical_columns, self.clinical_dim)
 
     def _groups(self) -> list[str]:
         """Subject of each row: timepoints of one subject share it, so they never straddle splits."""
@@ -248,29 +268,31 @@ class RadFusionDataModule(pl.LightningDataModule):
             roi_paths=[self.roi_paths[s] for s in ids] if self.use_images else None,
             transform=transform,
             embeddings=np.stack([self.embeddings[s] for s in ids]) if self.embeddings is not None else None,
+            clinical=self.clinical_inputs[split] if self.clinical_inputs is not None else None,
+            seed=self.seed if transform is not None else None,
         )
 
-    def _loader(self, split: str, shuffle: bool, augment: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, augment: bool, shard: bool = False) -> DataLoader:
+        """Training (``shuffle``) or evaluation loader; under DDP the samplers shard themselves
+        (:mod:`radfusion.data.samplers`; training sets ``use_distributed_sampler=False``)."""
         dataset = self._dataset(split, augment)
-        if shuffle and self.survival_target:
-            events = np.nan_to_num(dataset.survival[:, 1], nan=0.0)
-            sampler = EventBatchSampler(events, self.batch_size, min_events=self.min_events_per_batch,
-                                        seed=self.seed)
-            return DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,
-                              persistent_workers=self.num_workers > 0)
-        # A last training batch of one subject makes BatchNorm statistics meaningless: drop it.
-        drop_last = shuffle and len(dataset) % self.batch_size == 1 and len(dataset) > self.batch_size
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, drop_last=drop_last,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if shuffle:
+            events = np.nan_to_num(dataset.survival[:, 1], nan=0.0) if self.survival_target else None
+            return training_loader(dataset, self.batch_size, self.seed, events, self.min_events_per_batch,
+                                   rank=rank, world_size=world, num_workers=self.num_workers)
+        return evaluation_loader(dataset, self.batch_size, *((rank, world) if shard else (0, 1)),
+                                 num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True, augment=self.augment and self.use_images)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False, augment=False)
+        return self._loader("val", shuffle=False, augment=False, shard=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False, augment=False)
+        return self._loader("test", shuffle=False, augment=False, shard=True)
 
     def split_dataloader(self, split: str) -> DataLoader:
         """Un-augmented, unshuffled loader of any split (for writing predictions)."""

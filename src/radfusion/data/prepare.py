@@ -59,7 +59,8 @@ class PreparedCohort:
 
 def prepare_cohort(cohort_cfg: dict, features: FeatureSettings, roi: ROISettings, cache_dir: str | Path,
                    use_images: bool = True, use_radiomics: bool = True, n_jobs: int = 1, progress: bool = True,
-                   reuse_in_process: bool = False, longitudinal: dict | None = None) -> PreparedCohort:
+                   reuse_in_process: bool = False, longitudinal: dict | None = None,
+                   min_subjects: int = 2) -> PreparedCohort:
     """Read, validate, extract and build ROIs for the cohort of ``cohort_cfg`` (idempotent via the caches).
 
     Args:
@@ -74,6 +75,7 @@ def prepare_cohort(cohort_cfg: dict, features: FeatureSettings, roi: ROISettings
             and unchanged files (sweeps run many trials in one process).
         longitudinal: ``{delta: true, baseline_timepoint, followup_timepoint, image, blocks, ...}``:
             one row per patient with delta radiomics (see :func:`to_patient_level`); None: one row per scan.
+        min_subjects: fewest valid subjects accepted (training needs 2; ``predict.py`` scores even one).
     """
     cache_dir = Path(cache_dir)
     if cohort_cfg["source"] == "feature_table":
@@ -86,7 +88,8 @@ def prepare_cohort(cohort_cfg: dict, features: FeatureSettings, roi: ROISettings
             return _PREPARED[key]
     if use_radiomics or use_images:  # a read-only or full cache is told before validation's minutes
         ensure_writable(cache_dir, "cache")
-    cohort = read_validated_cohort(cohort_cfg, progress=progress)
+    # passed subjects are remembered in <cache>/validation/ (keyed by file stamps + settings)
+    cohort = read_validated_cohort(cohort_cfg, progress=progress, min_subjects=min_subjects, cache_dir=cache_dir)
     failures: dict[str, str] = {}
     _add_failures(failures, "validation", cohort.excluded)
     table = paths = None

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from radfusion.evaluation.calibration import recalibration
 from radfusion.evaluation.delong import bootstrap_p, delong_test, paired_bootstrap_delta
+from radfusion.evaluation.facts import replicate_label
 from radfusion.evaluation.metrics import auc_with_ci, binary_metrics, calibration, holm, mean_sd, youden_threshold
 from radfusion.evaluation.run_folders import Run, RunError, consistent_values, group_frame, models_of, pool_marker
 from radfusion.evaluation.survival import (
@@ -103,7 +105,10 @@ def marker_results(name: str, runs: list[Run], marker: str, s: Settings) -> tupl
     ci = auc_with_ci(pooled.label, pooled.prob, n_boot=s.n_bootstrap, alpha=s.alpha, seed=s.seed)
     row["auc_ci_low"], row["auc_ci_high"] = ci["ci_low"], ci["ci_high"]
     cal = calibration(pooled.label, pooled.prob, s.calibration_bins)
-    row["cal_slope"], row["cal_intercept"] = cal["slope"], cal["intercept"]
+    cal["recal"] = rc = recalibration(pooled.label, pooled.prob, n_boot=s.n_bootstrap, alpha=s.alpha, seed=s.seed)
+    row.update({f"cal_{k}": rc[k] for k in ("slope", "slope_ci_low", "slope_ci_high", "intercept", "intercept_ci_low",
+                                             "intercept_ci_high", "warning")})
+    row["replicates"] = replicate_label(runs)
     for k in MARKER_SPREAD:
         row[f"{k}_mean"], row[f"{k}_sd"], _ = mean_sd([r[k] for r in reps])
     return row, reps, {"pooled": pooled, "calibration": cal}
@@ -173,7 +178,8 @@ def survival_results(name: str, runs: list[Run], times: np.ndarray, s: Settings)
         tr = train_r[(train_r.run == key[0]) & (train_r.repeat == key[1])]
         reps.append({**base, "run": key[0], "repeat": key[1], **_survival_row(part, tr, times, s, n_boot=0)})
     test, train = pool_survival(frame, times, s.split)
-    row = {**base, "n_replicates": len(reps), **_survival_row(test, train, times, s, n_boot=s.n_bootstrap)}
+    row = {**base, "n_replicates": len(reps), **_survival_row(test, train, times, s, n_boot=s.n_bootstrap),
+           "replicates": replicate_label(runs)}
     for k in SURVIVAL_SPREAD:
         row[f"{k}_mean"], row[f"{k}_sd"], _ = mean_sd([r.get(k, np.nan) for r in reps])
     curves = {"pooled": test, "td_times": row.pop("td_times", []), "td_auc": row.pop("td_auc", [])}

@@ -1,8 +1,9 @@
-"""Reporting checklist in the spirit of RQS (Lambin 2017) and TRIPOD-AI (Collins 2024), filled from
-what the runs wrote (``config_resolved.yaml``, ``metrics.json``, ``predictions.csv``).
+"""Reporting checklist filled from what the runs wrote (``manifest.json``, ``config_resolved.yaml``,
+``metrics.json``, ``predictions.csv``; read through :mod:`radfusion.evaluation.facts`). The scored RQS
+and TRIPOD-AI tables are :mod:`radfusion.evaluation.rqs` and :mod:`radfusion.evaluation.tripod`.
 
-Items we cannot read from the run are marked "not stated" rather than guessed; the checklist says
-what was *documented*, not whether the choices were good.
+Items the run does not record are "not recorded" rather than guessed; the checklist says what was
+*documented*, not whether the choices were good.
 """
 
 from __future__ import annotations
@@ -11,20 +12,12 @@ from typing import Any
 
 import pandas as pd
 
+from radfusion.evaluation import facts
 from radfusion.evaluation.analysis import Settings
+from radfusion.evaluation.facts import NOT_RECORDED
 from radfusion.evaluation.run_folders import Run, group_frame, site_summary
 
-NOT_STATED = "not stated"
-
-
-def get(cfg: dict, dotted: str, default: Any = None) -> Any:
-    """``cfg["a"]["b"]`` for ``"a.b"``; ``default`` when any level is missing."""
-    cur: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return default
-        cur = cur[part]
-    return cur
+NOT_STATED = NOT_RECORDED  # the run does not say
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -43,16 +36,23 @@ def _keys_with(cfg: dict, words: tuple[str, ...]) -> dict[str, Any]:
 
 def _validation(runs: list[Run], frame: pd.DataFrame, s: Settings) -> tuple[str, str]:
     folds, repeats = frame["fold"].nunique(), frame["repeat"].nunique()
-    split = get(runs[0].config, "data.split", {}) or {}
-    if folds > 1:
-        design = f"{folds}-fold cross-validation × {repeats} repeat(s)"
+    split = facts.split_settings(runs[0])
+    predicted = [r for r in runs if facts.is_external(r)]
+    if predicted:
+        design = f"external: {len(predicted)} predict run(s) of a trained model on another cohort"
+    elif folds > 1:
+        design = (f"{folds}-fold cross-validation × {repeats} repeat(s)"
+                  + (f" (strategy {split['strategy']})" if split.get("strategy") else ""))
     elif split:
         design = (f"hold-out: test fraction {split.get('test_fraction', '?')}, validation fraction "
                   f"{split.get('val_fraction', '?')}, split seed {split.get('seed', '?')}")
     else:
         design = f"{s.split} split (split design {NOT_STATED})"
     sites = site_summary(frame, s.split)
-    if not sites["test_sites"]:
+    if predicted:
+        cohorts = sorted({facts.cohort_line(r) for r in predicted})
+        external = f"yes: predict run(s) on {'; '.join(cohorts)}"
+    elif not sites["test_sites"]:
         external = NOT_STATED + " (no site column)"
     elif sites["unseen"] and len(sites["unseen"]) == len(sites["test_sites"]):
         external = f"yes: {s.split} sites {sites['unseen']} unseen in training"
@@ -63,54 +63,12 @@ def _validation(runs: list[Run], frame: pd.DataFrame, s: Settings) -> tuple[str,
     return design, external
 
 
-def _epv(run: Run, frame: pd.DataFrame) -> str:
-    """Events per feature on the training split: minority-class count (markers) or deaths (survival)."""
-    n_feat = run.meta.get("n_radiomics_model")
-    mode = run.mode
-    parts = []
-    train = frame[frame.split == "train"].drop_duplicates("subject_id")
-    for m in run.markers:
-        lab = train[f"label_{m}"].dropna()
-        parts.append(f"{m}: {int(min(lab.sum(), len(lab) - lab.sum()))}")
-    if run.has_survival:
-        parts.append(f"os: {int(train['os_event'].sum())} deaths")
-    events = ", ".join(parts) or NOT_STATED
-    if mode == "deep":
-        return f"training events {events}; features: learned image embedding (no handcrafted count)"
-    if not n_feat:
-        return f"training events {events}; feature count {NOT_STATED}"
-    ratios = []
-    for m in run.markers:
-        lab = train[f"label_{m}"].dropna()
-        ratios.append(f"{m} {min(lab.sum(), len(lab) - lab.sum()) / n_feat:.3f}")
-    if run.has_survival:
-        ratios.append(f"os {train['os_event'].sum() / n_feat:.3f}")
-    return f"training events {events} / {n_feat} radiomics features → EPV {', '.join(ratios)}"
-
-
-def _preprocessing(cfg: dict) -> str:
-    feats = get(cfg, "data.features") or get(cfg, "features")
-    if not isinstance(feats, dict):
-        return NOT_STATED
-    parts = []
-    if "spacing" in feats:
-        parts.append(f"resampled to {feats['spacing']} mm")
-    if feats.get("normalize"):
-        parts.append(f"intensity {feats['normalize']} (×{feats.get('normalize_scale', 1)})")
-    bw = get(feats, "params.setting.binWidth")
-    if bw is not None:
-        parts.append(f"bin width {bw}")
-    if feats.get("params_file"):
-        parts.append(f"PyRadiomics params file {feats['params_file']}")
-    if feats.get("habitats"):
-        parts.append(f"habitats {', '.join(map(str, feats['habitats']))}")
-    return "yes: " + "; ".join(parts) if parts else NOT_STATED
-
-
 def excluded_subjects(runs: list[Run]) -> dict[str, str] | None:
     """Subjects the group's runs left out (``metrics.json`` ``excluded_subjects``: validation with
     ``skip_invalid``, failed extraction or ROI), merged over the runs; None when no run says."""
-    stated = [r.meta["excluded_subjects"] for r in runs if isinstance(r.meta.get("excluded_subjects"), dict)]
+    stated = [r.manifest["excluded"] if isinstance(r.manifest.get("excluded"), dict) else r.meta["excluded_subjects"]
+              for r in runs if isinstance(r.manifest.get("excluded"), dict)
+              or isinstance(r.meta.get("excluded_subjects"), dict)]
     if not stated:
         return None
     return {sid: str(reason) for ex in stated for sid, reason in ex.items()}
@@ -142,46 +100,82 @@ def _stated(cfg: dict, words: tuple[str, ...]) -> str:
     return "; ".join(f"{k}={v}" for k, v in list(found.items())[:4])
 
 
+def _harmonisation(run: Run) -> str:
+    pro = facts.processing(run)
+    if not pro:
+        return NOT_STATED
+    if not pro.get("combat"):
+        return "none (data.processing.combat=false)"
+    cov = pro.get("combat_covariates") or []
+    return "ComBat by site, fitted on the training split" + (f", preserving {', '.join(cov)}" if cov else "")
+
+
+def _selection(run: Run) -> str:
+    steps = facts.feature_reduction(run)
+    if steps:
+        return "in-fold (fitted on each training split): " + "; ".join(steps)
+    if not run.config and not run.manifest:
+        return NOT_STATED
+    return f"none recorded: all {run.meta.get('n_radiomics_model', '?')} features reach the model"
+
+
+def _provenance(run: Run) -> str:
+    m = run.manifest
+    if not m:
+        return "no manifest.json in the run folder"
+    git = m.get("git") or {}
+    commit = (git.get("commit") or "")[:10] or NOT_STATED
+    return (f"manifest.json ({m.get('kind', '?')}): radfusion {m.get('radfusion_version', '?')}, git {commit}"
+            + (" (uncommitted changes)" if git.get("dirty") else ""))
+
+
+def _leakage(run: Run) -> str:
+    splits_file = run.manifest.get("splits_file") or run.meta.get("splits_file")
+    if not splits_file:
+        return NOT_STATED
+    sha = run.manifest.get("splits_sha1")
+    return (f"subject-level split file {splits_file}" + (f" (sha1 {sha[:12]})" if sha else "")
+            + "; feature processing fitted on the training split only")
+
+
 def checklist(groups: dict[str, list[Run]], names: list[str], s: Settings) -> pd.DataFrame:
-    """One row per reporting item, one column per group."""
+    """One row per reporting item, one column per group; every value from the runs (see :mod:`facts`)."""
     items = ["Cohort", "Validation design", "External validation", "Confidence intervals", "Seeds / replicates",
-             "Events per feature (training)", "Preprocessing documented", "Segmentation", "Harmonisation",
-             "Feature selection", "Unknown labels", "Excluded subjects", "Leakage control", "Calibration assessed",
-             "Multiple comparisons", "Configuration saved"]
+             "Events per feature (training)", "Preprocessing (radiomics)", "ROI (image models)", "Segmentation",
+             "Harmonisation", "Feature selection", "Clinical covariates", "Unknown labels", "Excluded subjects",
+             "Leakage control", "Calibration assessed", "Multiple comparisons", "Configuration saved", "Provenance"]
     table = {"item": items}
     for name in names:
         runs = groups[name]
         first, frame = runs[0], group_frame(runs)
         cfg = first.config
-        source = get(cfg, "data.cohort.source")
-        cohort = (f"synthetic ({get(cfg, 'data.cohort.path', '')}): exercises the machinery, no clinical claim"
-                  if source == "synthetic" else (f"{source}: {get(cfg, 'data.cohort.path', '')}" if source
-                                                 else NOT_STATED))
         design, external = _validation(runs, frame, s)
         seeds = sorted({str(r.seed) for r in runs})
         test = frame[frame.split == s.split].drop_duplicates("subject_id")
         unknown = [f"{m}: {int(test[f'label_{m}'].isna().sum())}" for m in first.markers if f"label_{m}" in test]
         if first.has_survival:
-            unknown.append(f"os: {int(test['os_days'].isna().sum() + test['os_event'].isna().sum())} missing values")
-        splits_file = first.meta.get("splits_file")
+            n_missing = int((test["os_days"].isna() | test["os_event"].isna()).sum())
+            unknown.append(f"os: {n_missing} without survival time or status")
+        clinical = facts.clinical_columns(first)
         table[name] = [
-            cohort, design, external,
+            facts.cohort_line(first), design, external,
             f"yes: {1 - s.alpha:.0%} bootstrap CIs, {s.n_bootstrap} subject resamples (this report)",
-            f"{len(runs)} run(s), seeds {', '.join(seeds)}, {frame[['run', 'repeat']].drop_duplicates().shape[0]} "
-            "replicate(s)",
-            _epv(first, frame), _preprocessing(cfg), _stated(cfg, ("segment", "nnunet")),
-            _stated(cfg, ("combat", "harmon")), _stated(cfg, ("select",)),
+            f"{len(runs)} run(s), seeds {', '.join(seeds)}; {facts.replicate_label(runs)}",
+            facts.epv_line(runs), facts.preprocessing_line(first), facts.roi_line(first) or "no image model",
+            _stated(cfg, ("segment", "nnunet")), _harmonisation(first), _selection(first),
+            NOT_STATED if clinical is None else (", ".join(clinical) or "none (radiomics / image features only)"),
             f"excluded from metrics ({s.split}): " + (", ".join(unknown) or "none"),
-            excluded_line(excluded_subjects(runs)),
-            f"subject-level split file {splits_file}" if splits_file else NOT_STATED,
-            "yes: calibration curve, slope and Brier score (this report)",
+            excluded_line(excluded_subjects(runs)), _leakage(first),
+            "yes: reliability curve, calibration slope and intercept with bootstrap CIs, Brier score (this report)"
+            if first.markers else "no calibration statistic for survival predictions (integrated Brier score only)",
             "Holm correction per endpoint over the pairwise tests (this report)",
-            "yes: config_resolved.yaml" if cfg else NOT_STATED,
+            "yes: config_resolved.yaml" if cfg else NOT_STATED, _provenance(first),
         ]
     return pd.DataFrame(table)
 
 
-IGNORED_PREFIXES = ("paths.", "hydra.", "logger.", "callbacks.model_checkpoint.dirpath", "trainer.default_root_dir",
+IGNORED_PREFIXES = ("paths.", "hydra.", "logger.", "callbacks.model_checkpoint.dirpath",
+                    "callbacks.last_checkpoint.dirpath", "trainer.default_root_dir",
                     "data.cache_dir", "data.splits_dir", "task_name", "tags", "seed")
 
 

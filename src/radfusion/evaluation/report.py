@@ -12,8 +12,14 @@ import pandas as pd
 
 from radfusion.evaluation.analysis import Evaluation, Settings, order_groups
 from radfusion.evaluation.checklist import checklist, config_differences, excluded_line, excluded_subjects
-from radfusion.evaluation.plots import plot_calibration, plot_km, plot_roc, plot_td_auc
+from radfusion.evaluation.decision import net_benefit
+from radfusion.evaluation.facts import is_synthetic
+from radfusion.evaluation.incremental import HEADER as INCREMENTAL_HEADER
+from radfusion.evaluation.incremental import INCREMENTAL_NOTE, incremental_value
+from radfusion.evaluation.incremental import markdown_rows as incremental_rows
+from radfusion.evaluation.plots import plot_calibration, plot_decision_curve, plot_km, plot_roc, plot_td_auc
 from radfusion.evaluation.run_folders import Run, group_frame
+from radfusion.evaluation.standards import standards_section
 
 SYNTHETIC_NOTE = ("**Synthetic-cohort results exercise the machinery; they are not a clinical claim.** "
                   "Only results on a real, external cohort say anything about patients.")
@@ -43,7 +49,8 @@ def _msd(row, key: str) -> str:
     n = int(row.get("n_replicates", 0) or 0)
     if n < 2:
         return "–"
-    return f"{_f(row.get(key + '_mean'))} ± {_f(row.get(key + '_sd'))} (k={n})"
+    what = row.get("replicates")
+    return f"{_f(row.get(key + '_mean'))} ± {_f(row.get(key + '_sd'))} ({what if isinstance(what, str) else f'k={n}'})"
 
 
 def md_table(header: list[str], rows: list[list]) -> list[str]:
@@ -97,18 +104,24 @@ def _markers_section(ev: Evaluation, out: Path, s: Settings, figures: list[Path]
         tab = ev.table[(ev.table.kind == "marker") & (ev.table.endpoint == marker)]
         rows = [[r["group"], r["mode"], _n(r["n"]), _n(r["n_pos"]), _ci(r, "auc"), _msd(r, "auc"), _f(r["ap"]),
                  _f(r["balanced_accuracy"]), _f(r["sensitivity"]), _f(r["specificity"]), _f(r["brier"]),
-                 _f(r["cal_slope"], 2)] for r in tab.to_dict("records")]
+                 _ci2(r, "cal_slope"), _ci2(r, "cal_intercept")] for r in tab.to_dict("records")]
+        warn = [f"- ⚠ **{r['group']}**: {r['cal_warning']}." for r in tab.to_dict("records")
+                if isinstance(r.get("cal_warning"), str) and r["cal_warning"]]
         lines += [f"### {marker.upper()}", "", *md_table(
             ["group", "mode", "n", "pos", "AUC [95 % CI]", "AUC mean ± sd", "AP", "bal. acc.", "sens.", "spec.",
-             "Brier", "cal. slope"], rows), "",
-            f"Sensitivity, specificity and balanced accuracy at {thr}. Pooled predictions; mean ± sd over replicates.",
-            ""]
+             "Brier", "cal. slope [95 % CI]", "cal. intercept [95 % CI]"], rows), "",
+            f"Sensitivity, specificity and balanced accuracy at {thr}. Pooled predictions; mean ± sd over replicates. "
+            "Calibration slope (1 ideal) and intercept with the slope fixed at 1 (0 ideal).", "", *warn,
+            *([""] if warn else [])]
         roc = plot_roc({g: (c["pooled"].label, c["pooled"].prob) for g, c in per_group.items()},
                        out / f"roc_{marker}.png", f"{marker.upper()} — {s.split} (pooled)")
         cal = plot_calibration({g: c["calibration"] for g, c in per_group.items()}, out / f"calibration_{marker}.png",
                                f"{marker.upper()} calibration ({s.calibration_bins} quantile bins)")
-        figures += [roc, cal]
+        dca = plot_decision_curve({g: net_benefit(c["pooled"].label, c["pooled"].prob) for g, c in per_group.items()},
+                                  out / f"decision_{marker}.png", f"{marker.upper()} decision curve ({s.split})")
+        figures += [roc, cal, dca]
         lines += [f"![ROC {marker}]({roc.name}) ![calibration {marker}]({cal.name})", "",
+                  f"![decision curve {marker}]({dca.name})", "",
                   "Paired comparisons on the subjects both groups predicted:", "",
                   *_comparison_lines(ev.comparisons[ev.comparisons.endpoint == marker]
                                      if len(ev.comparisons) else ev.comparisons, "marker"), ""]
@@ -122,11 +135,10 @@ def _survival_section(ev: Evaluation, out: Path, figures: list[Path]) -> list[st
     tab = ev.table[ev.table.kind == "survival"]
     rows = [[r["group"], r["mode"], _n(r.get("n")), _n(r.get("n_events")), _ci(r, "c_harrell"), _msd(r, "c_harrell"),
              _ci(r, "c_uno"), _f(r.get("td_auc_mean")), _f(r.get("ibs")), _p(r.get("logrank_p")),
-             f"{_f(r.get('hr'), 2)} [{_f(r.get('hr_ci_low'), 2)}, {_f(r.get('hr_ci_high'), 2)}]"]
-            for r in tab.to_dict("records")]
+             _hr(r)] for r in tab.to_dict("records")]
     km = plot_km({g: {"time": c["pooled"].time, "event": c["pooled"].event, "high": c["pooled"].risk_c > 0,
                       "label": f"log-rank p {_p(tab.set_index('group').loc[g].get('logrank_p'))}, HR "
-                               f"{_f(tab.set_index('group').loc[g].get('hr'), 2)}"}
+                               f"{_hr(tab.set_index('group').loc[g], ci=False)}"}
                   for g, c in per_group.items()}, out / "km.png", "risk groups split at the training median")
     td = plot_td_auc({g: (np.asarray(c["td_times"]), np.asarray(c["td_auc"])) for g, c in per_group.items()},
                      out / "td_auc.png", "time-dependent AUC (pooled)")
@@ -139,6 +151,19 @@ def _survival_section(ev: Evaluation, out: Path, figures: list[Path]) -> list[st
         f"![Kaplan–Meier]({km.name})", "", f"![time-dependent AUC]({td.name})", "",
         "Paired comparisons (same subjects, paired bootstrap of ΔC):", "",
         *_comparison_lines(ev.comparisons, "survival"), ""]
+
+
+def _ci2(row, key: str) -> str:
+    return f"{_f(row.get(key), 2)} [{_f(row.get(key + '_ci_low'), 2)}, {_f(row.get(key + '_ci_high'), 2)}]"
+
+
+def _hr(row, ci: bool = True) -> str:
+    """Hazard ratio [CI], or why it is not estimable (a separated Cox fit is not printed as 3e7)."""
+    note = row.get("hr_note")
+    if isinstance(note, str) and note:
+        return note
+    interval = f" [{_f(row.get('hr_ci_low'), 2)}, {_f(row.get('hr_ci_high'), 2)}]" if ci else ""
+    return f"{_f(row.get('hr'), 2)}{interval}"
 
 
 def _compact(check: pd.DataFrame) -> list[list[str]]:
@@ -169,7 +194,14 @@ METHODS = [
     "for the Brier score: a Breslow baseline cumulative hazard fitted on each model's training rows, "
     "S(t) = exp(−H0(t)·exp(risk)), averaged over replicates. Risk groups: risk above the model's training-median "
     "risk; log-rank test and Cox hazard ratio of the group indicator (lifelines).",
-    "- **Calibration**: quantile-binned reliability curve, logistic calibration slope (1 = ideal) and Brier score.",
+    "- **Calibration**: quantile-binned reliability curve; logistic recalibration on logit(p): slope from "
+    "y ~ a + b·logit(p) (1 = ideal), intercept from y ~ a + offset(logit(p)) (0 = ideal), both with percentile "
+    "bootstrap CIs (`evaluation/calibration.py`); a warning below 50 subjects or 10 events; Brier score.",
+    "- **Kaplan–Meier**: 95 % pointwise bands from Greenwood's variance on the log(−log) scale, number at risk "
+    "under each panel. A hazard ratio whose Cox fit has no finite maximum (the groups separate) is reported as "
+    "not estimable.",
+    "- **Decision curves**: net benefit TP/n − FP/n·pt/(1 − pt) over threshold probabilities pt, against "
+    "treat-all and treat-none (Vickers & Elkin 2006).",
 ]
 
 
@@ -179,13 +211,12 @@ def write_report(ev: Evaluation, groups: dict[str, list[Run]], skipped: list[tup
     out.mkdir(parents=True, exist_ok=True)
     names = order_groups(groups)
     figures: list[Path] = []
-    synthetic = any(r.config.get("data", {}).get("cohort", {}).get("source") == "synthetic"
-                    for rs in groups.values() for r in rs)
+    synthetic = sorted(n for n, rs in groups.items() if any(is_synthetic(r) for r in rs))
     n_runs = sum(len(v) for v in groups.values())
     lines = [f"# radfusion comparison report — {name}", "",
              f"{time.strftime('%Y-%m-%d %H:%M')} · {n_runs} runs in {len(groups)} groups · split `{s.split}` · "
              f"{s.n_bootstrap} bootstrap resamples · α = {s.alpha}", "",
-             f"> {SYNTHETIC_NOTE}" + (" **These runs use the built-in synthetic cohort.**" if synthetic else ""), "",
+             *([f"> {SYNTHETIC_NOTE} **Synthetic cohort: {', '.join(synthetic)}.**", ""] if synthetic else []),
              "## Summary", "", *md_table(SUMMARY_HEADER, summary_rows(ev)), "",
              "**Pooled**: per-subject predictions averaged over the group's replicates (CV folds concatenated); "
              "**mean ± sd**: per-replicate metrics. Full numbers: `table.csv`; per replicate: `replicates.csv`; "
@@ -193,14 +224,19 @@ def write_report(ev: Evaluation, groups: dict[str, list[Run]], skipped: list[tup
     if ev.curves.get("markers"):
         lines += ["## Molecular markers", "", *_markers_section(ev, out, s, figures)]
     lines += _survival_section(ev, out, figures)
+    incremental = incremental_value(ev, groups, s)  # imaging vs the clinical-only model (evaluation/incremental.py)
+    if len(incremental):
+        lines += ["## Incremental value over the clinical-only model", "", INCREMENTAL_NOTE, "",
+                  *md_table(INCREMENTAL_HEADER, incremental_rows(incremental)), ""]
     lines += ["## Runs", ""]
     rows = []
     for n in names:
         rs = groups[n]
-        rows.append([n, rs[0].mode, len(rs), ", ".join(sorted({str(r.seed) for r in rs})),
+        targets = ", ".join(dict.fromkeys(t for r in rs for t in [*r.markers, *(["os"] if r.has_survival else [])]))
+        rows.append([n, rs[0].mode, targets, len(rs), ", ".join(sorted({str(r.seed) for r in rs})),
                      group_frame(rs)[["run", "repeat"]].drop_duplicates().shape[0],
                      "<br>".join(f"`{r.path}`" for r in rs[:6]) + (" …" if len(rs) > 6 else "")])
-    lines += md_table(["group", "mode", "runs", "seeds", "replicates", "folders"], rows) + [""]
+    lines += md_table(["group", "mode", "targets", "runs", "seeds", "replicates", "folders"], rows) + [""]
     excluded = {n: excluded_subjects(groups[n]) for n in names}
     if any(excluded.values()):  # who is missing from the cohort, and why (metrics.json excluded_subjects)
         lines += ["**Subjects excluded** before the split (validation with skip_invalid, failed extraction or ROI):",
@@ -217,10 +253,13 @@ def write_report(ev: Evaluation, groups: dict[str, list[Run]], skipped: list[tup
     lines += (md_table(list(diff.columns), diff.astype(str).values.tolist()) if len(diff)
               else ["No differences (or no config_resolved.yaml)."]) + [""]
     check = checklist(groups, names, s)
-    lines += ["## Reporting checklist (in the spirit of RQS / TRIPOD-AI)", "",
-              "Filled from `config_resolved.yaml`, `metrics.json` and `predictions.csv`; \"not stated\" = the run "
-              "does not say. One value when all groups agree.", "", *md_table(["item", "value"], _compact(check)), "",
-              "## Methods", "", *METHODS, ""]
+    standards, standard_files = standards_section(groups, names, ev.table, s.split, s.n_bootstrap, s.threshold,
+                                                  set(ev.table.loc[ev.table.kind == "marker", "group"])
+                                                  if len(ev.table) else set(), out, md_table)
+    lines += ["## Reporting checklist", "",
+              "Filled from `manifest.json`, `config_resolved.yaml`, `metrics.json` and `predictions.csv`; "
+              "\"not recorded\" = the run does not say. One value when all groups agree.", "",
+              *md_table(["item", "value"], _compact(check)), "", *standards, "## Methods", "", *METHODS, ""]
     files = {"report.md": out / "report.md", "table.csv": out / "table.csv",
              "replicates.csv": out / "replicates.csv", "comparisons.csv": out / "comparisons.csv",
              "checklist.csv": out / "checklist.csv"}
@@ -228,6 +267,10 @@ def write_report(ev: Evaluation, groups: dict[str, list[Run]], skipped: list[tup
     ev.replicates.to_csv(files["replicates.csv"], index=False)
     ev.comparisons.to_csv(files["comparisons.csv"], index=False)
     check.to_csv(files["checklist.csv"], index=False)
+    files.update(standard_files)
+    if len(incremental):
+        files["incremental.csv"] = out / "incremental.csv"
+        incremental.to_csv(files["incremental.csv"], index=False)
     text = "\n".join(lines) + "\n"
     files["report.md"].write_text(text)
     if html_too:

@@ -14,9 +14,12 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from radfusion.evaluation.analysis import Evaluation, Settings, evaluate_groups, order_groups
+from radfusion.evaluation.facts import is_synthetic
+from radfusion.evaluation.incremental import format_incremental, incremental_value
 from radfusion.evaluation.metrics import auc_with_ci
 from radfusion.evaluation.report import SUMMARY_HEADER, summary_rows, write_report
 from radfusion.evaluation.run_folders import RunError, find_runs, group_runs, load_runs, run_info
+from radfusion.provenance import build_manifest, read_manifest, write_manifest
 
 __all__ = ["compare_runs", "evaluate", "find_runs", "format_table", "run_info", "settings_from"]
 
@@ -98,6 +101,26 @@ def log_to_wandb(report_dir: Path, files: dict[str, Path], ev: Evaluation, cfg: 
         wandb.finish()
 
 
+def _runs_provenance(runs) -> dict:
+    """What the evaluated runs' manifests say (commit, cohort hash, splits hash), one entry per run folder."""
+    out = {}
+    for run in runs:
+        m = read_manifest(run.path) or {}
+        out[str(run.path)] = {"manifest": bool(m), "git": m.get("git"), "cohort_sha1": (m.get("cohort") or {}).get(
+            "content_sha1"), "synthetic": (m.get("cohort") or {}).get("synthetic"), "splits_sha1": m.get("splits_sha1"),
+            "feature_settings_hash": m.get("feature_settings_hash")}
+    return {"runs": out}
+
+
+def _say(text: str) -> None:
+    """Print ``text``; inside ``evaluate.py`` (Hydra job logging: a file handler on the root logger) log it
+    instead, so it reaches both the console and ``evaluate.log``."""
+    if any(type(h) is logging.FileHandler for h in logging.getLogger().handlers):  # not pytest's subclass
+        log.info("%s", "\n" + text if "\n" in text.strip() else text.strip())
+    else:
+        print(text)
+
+
 def evaluate(cfg: DictConfig) -> pd.DataFrame:
     """Entry point of ``evaluate.py``: print the comparison, write the report, return the table."""
     t0 = time.perf_counter()
@@ -106,20 +129,29 @@ def evaluate(cfg: DictConfig) -> pd.DataFrame:
     if not runs:
         raise RunError("no run could be evaluated:\n" + "\n".join(f"  {p}: {why}" for p, why in skipped))
     groups = group_runs(runs, cfg.get("group_by", "experiment"))
+    log.info("evaluating %d run(s) in %d group(s) (%s)%s", len(runs), len(groups),
+             "; ".join(f"{g}: {len(rs)}" for g, rs in groups.items()), f", {len(skipped)} skipped" if skipped else "")
     s = settings_from(cfg)
+    log.info("settings: %s", asdict(s))
     ev = evaluate_groups(groups, s)
-    print(format_table(ev))
-    print("Pooled = per-subject predictions averaged over replicates (CV folds concatenated); mean ± sd over "
-          "replicates. On the synthetic cohort these numbers test the machinery, not a clinical claim.")
+    _say(format_table(ev))
+    incremental = format_incremental(incremental_value(ev, groups, s))
+    if incremental:
+        _say("\n" + incremental)
+    synthetic = sorted(g for g, rs in groups.items() if any(is_synthetic(r) for r in rs))
+    _say("Pooled = per-subject predictions averaged over replicates (CV folds concatenated); mean ± sd over "
+         "replicates." + (f" {', '.join(synthetic)}: synthetic cohort — these numbers test the machinery, not a "
+                          "clinical claim." if synthetic else ""))
     name = str(cfg.get("name") or time.strftime("%Y-%m-%d_%H-%M-%S"))
     report_dir = Path(cfg.get("report_dir") or Path("reports") / name)
     files = write_report(ev, groups, skipped, s, report_dir, name, html_too=bool(cfg.get("html", True)))
+    files["manifest.json"] = write_manifest(report_dir, build_manifest("evaluate", cfg, extra=_runs_provenance(runs)))
     seconds = time.perf_counter() - t0
     size = sum(p.stat().st_size for p in files.values())
-    print(f"report: {files['report.md']} ({len(files)} files, {size / 1e3:.0f} kB, {seconds:.1f} s; "
-          f"groups: {', '.join(order_groups(groups))})")
+    _say(f"report: {files['report.md']} ({len(files)} files, {size / 1e3:.0f} kB, {seconds:.1f} s; "
+         f"groups: {', '.join(order_groups(groups))})")
     if skipped:
-        print(f"skipped {len(skipped)} run(s): " + "; ".join(f"{p} ({why})" for p, why in skipped))
+        _say(f"skipped {len(skipped)} run(s): " + "; ".join(f"{p} ({why})" for p, why in skipped))
     if cfg.get("output"):
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
         ev.table.to_csv(cfg.output, index=False)

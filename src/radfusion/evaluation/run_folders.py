@@ -24,9 +24,14 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from radfusion.provenance import read_manifest
+
 log = logging.getLogger(__name__)
 
-SPLIT_VALUES = ("train", "val", "test")
+SPLIT_VALUES = ("train", "val", "test", "external")
+#: Suffix of the experiment name of a ``predict.py`` run (a model applied to another cohort), so that
+#: "internal test split vs external cohort" are two groups of one report.
+EXTERNAL_SUFFIX = "@external"
 SURVIVAL_COLUMNS = ("risk", "os_days", "os_event")
 
 
@@ -51,6 +56,7 @@ class Run:
     predictions: pd.DataFrame
     markers: list[str] = field(default_factory=list)
     has_survival: bool = False
+    manifest: dict = field(default_factory=dict)  # manifest.json (radfusion.provenance); {} without one
 
 
 def find_runs(patterns: list[str] | str) -> list[Path]:
@@ -80,7 +86,22 @@ def run_info(run: Path) -> dict:
         # runs/<experiment>/<time>/ or, in a multirun, runs/multirun/<time>/<n>_<experiment>/
         head, _, tail = run.name.partition("_")
         name = tail if head.isdigit() and tail else run.parent.name
-    return {"experiment": name, "mode": meta.get("mode", "?"), "seed": meta.get("seed")}
+    return {"experiment": label_by_targets(str(name), meta), "mode": meta.get("mode", "?"), "seed": meta.get("seed")}
+
+
+TARGET_PREFIXES = {"idh": "idh", "mgmt": "mgmt", "codeletion": "codeletion", "survival": "os", "os": "os"}
+
+
+def label_by_targets(name: str, meta: dict) -> str:
+    """The experiment name, its leading target word replaced by the targets the run actually predicted
+    (``metrics.json`` ``targets``/``survival``): ``idh_baseline_lr`` run with ``data.targets=[mgmt]`` is
+    ``mgmt_baseline_lr (experiment idh_baseline_lr)``. Names without a target word stay as they are."""
+    targets = [str(t) for t in meta.get("targets") or []] + (["os"] if meta.get("survival") else [])
+    head, _, rest = name.partition("_")
+    if not targets or head not in TARGET_PREFIXES or TARGET_PREFIXES[head] in targets:
+        return name
+    word = "survival" if targets == ["os"] else "+".join(targets)
+    return f"{word}_{rest} (experiment {name})" if rest else f"{word} (experiment {name})"
 
 
 def _read_json(path: Path) -> dict:
@@ -177,14 +198,20 @@ def load_run(path: Path | str) -> Run:
     pred = check_predictions(pred, csv)
     info = run_info(path)
     meta = _read_json(path / "metrics.json")
-    config = _read_config(path / "config_resolved.yaml")
+    config = _read_config(path / "config_resolved.yaml") or _read_config(path / ".hydra" / "config.yaml")
     pred["run"] = str(path)
+    experiment = str(info["experiment"])
+    if meta.get("validation") == "external" or (len(pred) and (pred["split"] == "external").all()):
+        # predict.py's subjects are the external test set of the model: evaluated as its test rows
+        pred["split"] = pred["split"].replace({"external": "test"})
+        experiment += EXTERNAL_SUFFIX
     markers = [c.removeprefix("prob_") for c in pred.columns if c.startswith("prob_")]
     has_survival = "risk" in pred.columns
     if not markers and not has_survival:
         raise RunError(f"{csv}: neither prob_<marker> nor risk columns; nothing to evaluate")
-    return Run(path=path, experiment=str(info["experiment"]), mode=str(info["mode"]), seed=info["seed"],
-               meta=meta, config=config, predictions=pred, markers=markers, has_survival=has_survival)
+    return Run(path=path, experiment=experiment, mode=str(info["mode"]), seed=info["seed"],
+               meta=meta, config=config, predictions=pred, markers=markers, has_survival=has_survival,
+               manifest=read_manifest(path) or {})
 
 
 def load_runs(paths: list[Path]) -> tuple[list[Run], list[tuple[str, str]]]:

@@ -47,15 +47,16 @@ def breslow_survival(train_risk, train_time, train_event, risk, times) -> np.nda
     """
     train_risk = np.asarray(train_risk, float)
     train_time, train_event = np.asarray(train_time, float), np.asarray(train_event, float)
-    shift = float(np.median(train_risk))  # exp() of centred risks cannot overflow; S is unchanged
-    w = np.exp(train_risk - shift)
+    shift = float(np.max(train_risk)) if len(train_risk) else 0.0
+    log_w = train_risk - shift  # in log space: risks of a separated Cox fit (|r| ~ 1e3) cannot overflow
     event_times = np.unique(train_time[train_event == 1])
     deaths = np.array([np.sum((train_time == t) & (train_event == 1)) for t in event_times])
-    at_risk = np.array([w[train_time >= t].sum() for t in event_times])
-    cum_h0 = np.cumsum(deaths / at_risk)
+    log_at_risk = np.array([np.logaddexp.reduce(log_w[train_time >= t]) for t in event_times])
+    log_cum_h0 = np.logaddexp.accumulate(np.log(deaths) - log_at_risk) if len(event_times) else np.array([])
     idx = np.searchsorted(event_times, np.asarray(times, float), side="right") - 1
-    h0_at = np.where(idx >= 0, cum_h0[np.clip(idx, 0, None)] if len(cum_h0) else 0.0, 0.0)
-    return np.exp(-np.outer(np.exp(np.asarray(risk, float) - shift), h0_at))
+    log_h0_at = np.where(idx >= 0, log_cum_h0[np.clip(idx, 0, None)] if len(log_cum_h0) else -np.inf, -np.inf)
+    with np.errstate(over="ignore"):  # exp(large) = inf -> S = 0, the limit
+        return np.exp(-np.exp((np.asarray(risk, float) - shift)[:, None] + log_h0_at[None, :]))
 
 
 def time_grid(event_times, q_low: float = 0.1, q_high: float = 0.8, n: int = 8) -> np.ndarray:
@@ -197,11 +198,39 @@ def survival_metrics(train_time, train_event, time, event, risk, surv_probs=None
     return out
 
 
+def separation(time, event, x) -> int:
+    """Whether a one-covariate Cox fit on ``x`` diverges (monotone partial likelihood).
+
+    The partial likelihood rises with β for ever when every death has the largest ``x`` of its risk set
+    (returns +1: HR → ∞) and falls for ever when every death has the smallest (−1: HR → 0); then no
+    finite maximum exists and a fitter reports a huge coefficient (HR ~ 1e7). 0: the fit is finite.
+    Subjects with an unknown time or event are left out.
+    """
+    time, event, x = (np.asarray(a, float) for a in (time, event, x))
+    keep = ~(np.isnan(time) | np.isnan(event) | np.isnan(x))
+    time, event, x = time[keep], event[keep], x[keep]
+    dead = np.flatnonzero(event == 1)
+    if len(dead) == 0 or np.ptp(x) == 0:
+        return 0
+    at_risk = time[None, :] >= time[dead, None]  # (deaths, n)
+    hi = np.where(at_risk, x[None, :], -np.inf).max(axis=1)
+    lo = np.where(at_risk, x[None, :], np.inf).min(axis=1)
+    if np.all(x[dead] >= hi) and np.any(hi > lo):
+        return 1
+    if np.all(x[dead] <= lo) and np.any(hi > lo):
+        return -1
+    return 0
+
+
+SEPARATED = "not estimable: risk groups separate perfectly"
+
+
 def risk_groups(time, event, high) -> dict:
     """Log-rank test and hazard ratio (high vs low risk group) with a 95 % CI.
 
     ``high``: ``(n,)`` boolean, risk above the *training* median. HR from a Cox model on the group
-    indicator (lifelines, Efron ties); NaN when a group is empty or has no events.
+    indicator (lifelines, Efron ties); NaN when a group is empty or nobody died, and NaN with ``hr_note``
+    saying why when the fit has no finite estimate (:func:`separation`, non-convergence).
     """
     from lifelines import CoxPHFitter
     from lifelines.statistics import logrank_test
@@ -209,19 +238,28 @@ def risk_groups(time, event, high) -> dict:
     time, event, high = np.asarray(time, float), np.asarray(event, float), np.asarray(high, bool)
     out = {"n_high": int(high.sum()), "n_low": int((~high).sum()), "events_high": int(event[high].sum()),
            "events_low": int(event[~high].sum()), "logrank_chi2": float("nan"), "logrank_p": float("nan"),
-           "hr": float("nan"), "hr_ci_low": float("nan"), "hr_ci_high": float("nan")}
+           "hr": float("nan"), "hr_ci_low": float("nan"), "hr_ci_high": float("nan"), "hr_note": ""}
     if out["n_high"] == 0 or out["n_low"] == 0 or event.sum() == 0:
         return out
     lr = logrank_test(time[high], time[~high], event_observed_A=event[high], event_observed_B=event[~high])
     out["logrank_chi2"], out["logrank_p"] = float(lr.test_statistic), float(lr.p_value)
-    if out["events_high"] > 0 and out["events_low"] > 0:
-        df = pd.DataFrame({"T": time, "E": event, "high": high.astype(float)})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    if separation(time, event, high) != 0:  # no finite MLE: a fitter would print HR ~ 1e7
+        out["hr_note"] = SEPARATED
+        return out
+    df = pd.DataFrame({"T": time, "E": event, "high": high.astype(float)})
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
             cph = CoxPHFitter().fit(df, duration_col="T", event_col="E")
-        out["hr"] = float(cph.hazard_ratios_["high"])
-        lo, hi = np.exp(cph.confidence_intervals_.loc["high"].to_numpy())
-        out["hr_ci_low"], out["hr_ci_high"] = float(lo), float(hi)
+        except Exception as err:  # lifelines' ConvergenceError and the like
+            out["hr_note"] = f"not estimable: Cox fit failed ({type(err).__name__})"
+            return out
+    log_hr = float(cph.params_["high"])
+    lo, hi = cph.confidence_intervals_.loc["high"].to_numpy()
+    if not (np.isfinite(log_hr) and np.isfinite(lo) and np.isfinite(hi)) or abs(log_hr) > 10:
+        out["hr_note"] = f"not estimable: the Cox fit did not converge (log HR {log_hr:.3g})"
+        return out
+    out["hr"], out["hr_ci_low"], out["hr_ci_high"] = float(np.exp(log_hr)), float(np.exp(lo)), float(np.exp(hi))
     return out
 
 
@@ -229,3 +267,38 @@ def km_curve(time, event) -> tuple[np.ndarray, np.ndarray]:
     """Kaplan–Meier estimate: event times (days) and survival probabilities."""
     t, s = kaplan_meier_estimator(np.asarray(event, float).astype(bool), np.asarray(time, float))
     return np.asarray(t), np.asarray(s)
+
+
+def km_with_ci(time, event, alpha: float = 0.05) -> dict[str, np.ndarray]:
+    """Kaplan–Meier estimate with pointwise ``1 − alpha`` confidence bands at the distinct death times.
+
+    Greenwood's variance on the log(−log S) scale (the "exponential Greenwood" band, as lifelines and
+    R's ``survfit(conf.type = "log-log")``): with ``v = Σ d/(n(n−d))``, ``se = √v / |log S|``, the band is
+    ``S^exp(±z·se)``. Where S = 0 the band is [0, 0]. Returns ``time, survival, ci_low, ci_high,
+    at_risk, deaths`` (arrays over the death times).
+    """
+    from scipy.stats import norm
+
+    time, event = np.asarray(time, float), np.asarray(event, float)
+    keep = ~(np.isnan(time) | np.isnan(event))
+    time, event = time[keep], event[keep]
+    t = np.unique(time[event == 1])
+    n = np.array([(time >= u).sum() for u in t], float)
+    d = np.array([((time == u) & (event == 1)).sum() for u in t], float)
+    surv_ = np.cumprod(1 - d / n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = np.cumsum(d / (n * (n - d)))
+        se = np.sqrt(var) / np.abs(np.log(surv_))
+        z = norm.ppf(1 - alpha / 2)
+        low, high = surv_ ** np.exp(z * se), surv_ ** np.exp(-z * se)
+    dead = surv_ <= 0
+    low[dead], high[dead] = 0.0, 0.0
+    return {"time": t, "survival": surv_, "ci_low": low, "ci_high": high, "at_risk": n.astype(int),
+            "deaths": d.astype(int)}
+
+
+def number_at_risk(time, at) -> np.ndarray:
+    """Subjects still under observation (time ≥ t) at each ``at`` time: the table under a KM plot."""
+    time = np.asarray(time, float)
+    time = time[~np.isnan(time)]
+    return np.array([int((time >= t).sum()) for t in np.asarray(at, float)])

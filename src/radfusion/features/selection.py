@@ -12,6 +12,13 @@ Selectors (``method``):
   2005): relevance = |Pearson r| with the label (or mutual information with ``relevance="mi"``);
   for survival, |r| with the null model's martingale residuals (event - Nelson-Aalen cumulative
   hazard at the subject's time); redundancy = mean |r| with the features already selected.
+- ``rfecv`` (either): recursive feature elimination (scikit-learn :class:`~sklearn.feature_selection.RFECV`
+  / :class:`~sklearn.feature_selection.RFE`) with an L2 logistic regression (binary; CV scored by ROC
+  AUC, stratified folds) or a ridge-like Coxnet at one penalty (survival; CV scored by Harrell's C):
+  each step drops ``rfe_step`` (a fraction) of the remaining features with the smallest |coef|. With
+  ``n_features=None`` the number kept is the one with the best mean CV score; with ``n_features`` RFE
+  stops there. Learned as plain arrays: ``ranking_`` (1 = kept, then the reverse elimination order) and
+  ``cv_scores_`` (mean CV score per number of features, ``cv_n_features_``; empty without CV).
 
 "Entry order along the path" keeps exactly ``n_features`` when asked (the first ``n`` features
 to become non-zero as the penalty relaxes; ties broken by the size of their coefficient at the
@@ -32,7 +39,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 log = logging.getLogger(__name__)
 
-METHODS = ("l1_logistic", "lasso", "coxnet", "mrmr")
+METHODS = ("l1_logistic", "lasso", "coxnet", "mrmr", "rfecv")
 
 
 def as_target(y, n: int) -> tuple[str, np.ndarray | None, np.ndarray]:
@@ -139,18 +146,20 @@ class FeatureSelector(BaseEstimator, TransformerMixin):
         relevance: ``corr`` or ``mi`` (mutual information; binary targets only) for ``mrmr``.
         l1_ratio: CoxNet's elastic-net mixing (1 = LASSO; 0.9 is steadier with correlated features).
         random_state: seed for CV splits and mutual-information estimates.
+        rfe_step: ``rfecv``: fraction of the remaining features dropped per elimination step.
 
     Learned: ``support_`` (selected column indices, most important first), ``kind_`` (target
-    kind), ``n_features_in_``.
+    kind), ``n_features_in_``; ``rfecv`` also ``ranking_``, ``cv_scores_``, ``cv_n_features_``.
     """
 
     def __init__(self, method: str = "l1_logistic", n_features: int | None = None, relevance: str = "corr",
-                 l1_ratio: float = 0.9, random_state: int = 0) -> None:
+                 l1_ratio: float = 0.9, random_state: int = 0, rfe_step: float = 0.1) -> None:
         self.method = method
         self.n_features = n_features
         self.relevance = relevance
         self.l1_ratio = l1_ratio
         self.random_state = random_state
+        self.rfe_step = rfe_step
 
     def fit(self, X, y) -> FeatureSelector:
         """Fit on rows with a known target only (NaN labels / NaN times are dropped).
@@ -175,7 +184,7 @@ class FeatureSelector(BaseEstimator, TransformerMixin):
             self.support_ = np.arange(X.shape[1])
             return self
         expected = {"l1_logistic": ("binary",), "lasso": ("binary", "continuous"), "coxnet": ("survival",),
-                    "mrmr": ("binary", "continuous", "survival")}[self.method]
+                    "mrmr": ("binary", "continuous", "survival"), "rfecv": ("binary", "survival")}[self.method]
         if kind not in expected:
             raise ValueError(f"selector {self.method!r} needs a {' or '.join(expected)} target, got {kind}")
         if kind == "binary" and len(np.unique(y)) < 2:
@@ -260,11 +269,82 @@ class FeatureSelector(BaseEstimator, TransformerMixin):
             raise ValueError(f"mrmr relevance must be 'corr' or 'mi', got {self.relevance!r}")
         return mrmr_order(X, rel, n)
 
+    def _fit_rfecv(self, X: np.ndarray, y: np.ndarray, n: int | None) -> np.ndarray:
+        from sklearn.feature_selection import RFE, RFECV
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import KFold, StratifiedKFold
+
+        if not 0 < self.rfe_step < 1:
+            raise ValueError(f"rfecv: rfe_step must be a fraction in (0, 1), got {self.rfe_step}")
+        if self.kind_ == "binary":
+            estimator = LogisticRegression(C=1.0, max_iter=2000)
+            folds = max(2, min(5, int(np.bincount(y.astype(int)).min())))
+            cv, scoring = StratifiedKFold(folds, shuffle=True, random_state=self.random_state), "roc_auc"
+        else:
+            # One small penalty, mostly ridge: every feature keeps a coefficient to rank by (pure L1 ties
+            # many at zero), coordinate descent stays fast when features outnumber subjects.
+            estimator = _CoxnetOnColumns(l1_ratio=0.05, alpha=0.05)
+            cv, scoring = KFold(5, shuffle=True, random_state=self.random_state), _harrell_c_scorer
+            ev_name, t_name = y.dtype.names
+            # scikit-learn's input checks refuse structured arrays: (time, event) columns instead.
+            y = np.column_stack([y[t_name].astype(np.float64), y[ev_name].astype(np.float64)])
+        if n is None:
+            rfe = RFECV(estimator, step=self.rfe_step, cv=cv, scoring=scoring, importance_getter=_abs_coef)
+        else:
+            rfe = RFE(estimator, n_features_to_select=n, step=self.rfe_step, importance_getter=_abs_coef)
+        rfe.fit(X, y)
+        self.ranking_ = np.asarray(rfe.ranking_, dtype=np.int64)
+        scores = getattr(rfe, "cv_results_", None)
+        self.cv_scores_ = np.asarray(scores["mean_test_score"], dtype=np.float64) if scores else np.zeros(0)
+        self.cv_n_features_ = np.asarray(scores["n_features"], dtype=np.int64) if scores else np.zeros(0, np.int64)
+        kept = np.flatnonzero(rfe.support_)
+        return kept[np.argsort(-_abs_coef(rfe.estimator_), kind="stable")]
+
     def transform(self, X) -> np.ndarray:
         X = np.asarray(X)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"selector was fitted on {self.n_features_in_} features, got {X.shape[1]}")
         return X[:, self.support_]
+
+
+class _CoxnetOnColumns(BaseEstimator):
+    """Coxnet at one penalty taking ``y`` as ``(n, 2)`` float columns ``(time, event)``, for RFE / RFECV
+    (used while fitting only; nothing of it is kept). ``score`` is Harrell's C, as sksurv's."""
+
+    def __init__(self, l1_ratio: float = 0.05, alpha: float = 0.05) -> None:
+        self.l1_ratio = l1_ratio
+        self.alpha = alpha
+
+    @staticmethod
+    def _surv(y: np.ndarray) -> np.ndarray:
+        from sksurv.util import Surv
+
+        return Surv.from_arrays(event=y[:, 1].astype(bool), time=y[:, 0])
+
+    def fit(self, X, y) -> _CoxnetOnColumns:
+        from sksurv.linear_model import CoxnetSurvivalAnalysis
+
+        self.model_ = CoxnetSurvivalAnalysis(l1_ratio=self.l1_ratio, alphas=[self.alpha], max_iter=20000)
+        self.model_.fit(X, self._surv(np.asarray(y, dtype=np.float64)))
+        self.coef_ = np.asarray(self.model_.coef_)[:, 0]
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        return np.asarray(X, dtype=np.float64) @ self.coef_
+
+    def score(self, X, y) -> float:
+        return float(self.model_.score(X, self._surv(np.asarray(y, dtype=np.float64))))
+
+
+def _harrell_c_scorer(estimator: _CoxnetOnColumns, X, y) -> float:
+    """RFECV's scorer for survival (its default for a non-classifier would be R²)."""
+    return estimator.score(X, y)
+
+
+def _abs_coef(estimator) -> np.ndarray:
+    """|coefficients| of a fitted linear model, one per feature (Coxnet's ``coef_`` is ``(p, n_alphas)``)."""
+    return np.abs(np.asarray(estimator.coef_, dtype=np.float64)).reshape(-1, estimator.n_features_in_).max(axis=0)
 
 
 def mrmr_order(X: np.ndarray, rel: np.ndarray, n: int) -> np.ndarray:

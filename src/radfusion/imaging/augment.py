@@ -25,8 +25,9 @@ class ROIAugment:
     unchanged. An intensity channel that is all zero (a sequence the subject lacks) stays all zero.
     Spatial transforms (left-right flip, small affine) move images and masks together (masks with
     nearest-neighbour interpolation); intensity transforms (scale, shift, bias field) touch images only.
-    Probabilities of 0 remove a transform. Random state is seeded lazily per process from
-    ``torch.initial_seed()``, so ``seed=`` and DataLoader workers give reproducible, distinct streams.
+    Probabilities of 0 remove a transform. Called with ``seed=`` (as :class:`SubjectDataset` does, from
+    ``(seed, epoch, item)``) the draws depend on that seed only; without it the random state is seeded
+    lazily per process from ``torch.initial_seed()``.
 
     Args:
         n_image_channels: number of intensity channels (``len(data.roi.sequences)``).
@@ -60,8 +61,12 @@ class ROIAugment:
         self.transform = Compose(steps)
         self._seeded_pid: int | None = None
 
-    def __call__(self, roi: torch.Tensor) -> torch.Tensor:
-        if self._seeded_pid != os.getpid():
+    def __call__(self, roi: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """Augment one ROI; with ``seed`` its random draws depend on that seed only (exact resume)."""
+        if seed is not None:
+            self.transform.set_random_state(seed=int(seed) % (2**32))
+            self._seeded_pid = None
+        elif self._seeded_pid != os.getpid():
             self.transform.set_random_state(seed=torch.initial_seed() % (2**32))
             self._seeded_pid = os.getpid()
         end = roi.shape[0] - self.n_presence_channels

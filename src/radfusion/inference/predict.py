@@ -38,8 +38,8 @@ from radfusion.evaluation.metrics import auc_with_ci
 from radfusion.evaluation.plots import plot_roc
 from radfusion.evaluation.survival import harrell_c
 from radfusion.imaging.roi import ROISettings
-from radfusion.training.bundle import Bundle, BundleError, load_bundle
 from radfusion.radiomics.settings import FeatureSettings
+from radfusion.training.bundle import Bundle, BundleError, load_bundle
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def model_inputs(bundle: Bundle, prepared, ids: list[str], combat_unseen: str | 
         inputs["radiomics"] = processor.transform(table[names], sites=sites, covariates=covariates)
         info["processor_warnings"] = dict(processor.warnings_)
     if bundle["clinical_columns"]:
-        inputs["clinical"] = np.asarray(bundle.load("clinical.skops").transform(clinical.loc[ids]), dtype=np.float64)
+        inputs["clinical"] = np.asarray(bundle.clinical().transform(clinical.loc[ids]), dtype=np.float64)
     return inputs, info
 
 
@@ -222,7 +222,7 @@ def predict(cfg: DictConfig) -> dict:
         "seconds_per_subject": round((time.perf_counter() - t0) / len(ids), 3),
     })
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    _write_manifest(out_dir, cfg, prepared, bundle)
+    _write_manifest(out_dir, cfg, prepared, bundle, features)
     for name, missing in metrics["unlabelled"].items():
         if missing:
             log.info("%s: %d of %d subject(s) have no label (predicted, not scored): %s", name, len(missing),
@@ -257,10 +257,11 @@ def _external_metrics(table: pd.DataFrame, targets: list[str], survival: bool, o
     return metrics
 
 
-def _write_manifest(out_dir: Path, cfg, prepared, bundle: Bundle) -> None:
+def _write_manifest(out_dir: Path, cfg, prepared, bundle: Bundle, features: FeatureSettings) -> None:
     from radfusion.provenance import build_manifest, write_manifest
 
     write_manifest(out_dir, build_manifest("predict", cfg, cohort=prepared,
+                                           feature_settings=features if bundle["uses_radiomics"] else None,
                                            extra={"bundle": str(bundle.path), "bundle_meta": {
                                                k: bundle.meta.get(k) for k in ("experiment", "mode", "targets",
                                                                                "radfusion_version",

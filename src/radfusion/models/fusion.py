@@ -22,6 +22,11 @@ it fuses: ``"projected"`` (the CNN embedding after :class:`FusionNet`'s ``image_
 int) or ``"stages"`` (the raw pooled stage embeddings, ``d_image`` the list of stage widths). A new
 fusion is such a class plus a YAML, not a branch in :class:`FusionNet`.
 
+A third, optional branch takes the fold-processed clinical covariates (``clinical_dim`` > 0, see
+:mod:`radfusion.features.clinical`): a small MLP whose embedding is concatenated to the fuser's output
+in every mode, so the fusers above (and their outputs without clinical inputs) are unchanged. Mode
+``clinical`` has the clinical branch only (the clinical-only reference model).
+
 ``modality_dropout`` (hybrid, training only): each subject's image or radiomics embedding is zeroed with
 this probability (never both), so the head cannot learn to rely on one branch and ignore the other.
 """
@@ -35,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-MODES = ("handcrafted", "deep", "hybrid")
+MODES = ("handcrafted", "deep", "hybrid", "clinical")
 
 #: What builds a fuser from the branch widths: ``factory(d_image, d_radiomics) -> nn.Module``.
 FusionFactory = Callable[..., nn.Module]
@@ -95,9 +100,11 @@ class GatedFusion(nn.Module):
         self.radiomics = nn.Linear(d_radiomics, dim)
         self.gate = nn.Linear(d_image + d_radiomics, dim)
         self.out_features = dim
+        self.last_gate: torch.Tensor | None = None
 
     def forward(self, image: torch.Tensor, radiomics: torch.Tensor) -> torch.Tensor:
         z = torch.sigmoid(self.gate(torch.cat([image, radiomics], dim=1)))
+        self.last_gate = z.detach()  # (B, dim): weight of the image side per subject, for explanations
         return z * torch.tanh(self.image(image)) + (1 - z) * torch.tanh(self.radiomics(radiomics))
 
 
@@ -194,7 +201,7 @@ class FusionNet(nn.Module):
     """Fuse a CNN embedding with a radiomics vector and predict one logit per target.
 
     Args:
-        mode: ``handcrafted`` | ``deep`` | ``hybrid``.
+        mode: ``handcrafted`` | ``deep`` | ``hybrid`` | ``clinical`` (clinical branch only).
         n_outputs: number of logits (one per target marker).
         encoder: an image encoder with attribute ``num_features`` (needed for deep/hybrid); a
             :class:`~radfusion.models.encoders.StageEncoder` also gives ``token_dims`` for attention.
@@ -208,10 +215,14 @@ class FusionNet(nn.Module):
             :class:`ConcatFusion`): a factory ``fuser(d_image, d_radiomics)`` (class or partial) or a
             ``{_target_: ..., **settings}`` mapping (see :func:`fusion_factory`); None = concat.
         modality_dropout: probability, per training subject, of zeroing one branch (hybrid only).
+        clinical_dim: width of the fold-processed clinical vector; > 0 adds the clinical branch (any
+            mode; required by ``clinical``). None/0: no clinical branch (the network is as before).
+        clinical_hidden: widths of the clinical MLP.
 
     Shapes:
         ``image`` ``(B, C, D, H, W)`` (or a cached ``(B, raw_features)`` embedding for a frozen
-        encoder), ``radiomics`` ``(B, radiomics_dim)`` → logits ``(B, n_outputs)``.
+        encoder), ``radiomics`` ``(B, radiomics_dim)``, ``clinical`` ``(B, clinical_dim)`` → logits
+        ``(B, n_outputs)``.
     """
 
     def __init__(
@@ -226,12 +237,16 @@ class FusionNet(nn.Module):
         dropout: float = 0.3,
         fuser: FusionFactory | Mapping | None = None,
         modality_dropout: float = 0.0,
+        clinical_dim: int | None = None,
+        clinical_hidden: Sequence[int] = (16,),
     ) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not 0.0 <= modality_dropout < 1.0:
             raise ValueError(f"modality_dropout must be in [0, 1), got {modality_dropout}")
+        if mode == "clinical" and not clinical_dim:
+            raise ValueError("mode 'clinical' needs clinical covariates: set model.clinical (e.g. [age, sex])")
         factory = fusion_factory(fuser) if mode == "hybrid" else ConcatFusion
         if _image_input(factory) not in ("projected", "stages"):
             raise ValueError(f"fusion {factory!r}: image_input must be 'projected' or 'stages'")
@@ -259,7 +274,11 @@ class FusionNet(nn.Module):
             self.image_proj = mlp(encoder.num_features, [image_hidden], dropout)
             d_img = image_hidden
         self.fuser = factory(d_img, d_rad)
-        width = int(self.fuser.out_features)
+        width = int(self.fuser.out_features) if self.uses_images or self.uses_radiomics else 0
+        self.uses_clinical = bool(clinical_dim)
+        if self.uses_clinical:  # built after the fuser: networks without clinical inputs keep their init
+            self.clinical_mlp = mlp(int(clinical_dim), clinical_hidden, dropout)
+            width += int(clinical_hidden[-1]) if clinical_hidden else int(clinical_dim)
         self.head = nn.Sequential(mlp(width, head_hidden, dropout),
                                   nn.Linear(head_hidden[-1] if head_hidden else width, n_outputs))
 
@@ -282,5 +301,22 @@ class FusionNet(nn.Module):
             img, rad = img * keep_img, rad * keep_rad
         return img, rad
 
-    def forward(self, image: torch.Tensor | None = None, radiomics: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.fuser(*self.embed(image, radiomics)))
+    def embed_clinical(self, clinical: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The clinical branch's embedding (None without a clinical branch; the input is then ignored)."""
+        if not self.uses_clinical:
+            return None
+        if clinical is None:
+            raise ValueError("this model has a clinical branch (model.clinical) but the batch has no 'clinical'")
+        return self.clinical_mlp(clinical)
+
+    def fuse(self, image: torch.Tensor | None, radiomics: torch.Tensor | None,
+             clinical: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's input from branch embeddings: the fuser's output, then the clinical embedding."""
+        parts = [self.fuser(image, radiomics)] if self.uses_images or self.uses_radiomics else []
+        if clinical is not None:
+            parts.append(clinical)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def forward(self, image: torch.Tensor | None = None, radiomics: torch.Tensor | None = None,
+                clinical: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.fuse(*self.embed(image, radiomics), self.embed_clinical(clinical)))

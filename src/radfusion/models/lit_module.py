@@ -30,6 +30,7 @@ from radfusion.evaluation.metrics import binary_metrics
 from radfusion.evaluation.survival import harrell_c
 from radfusion.models.cox_loss import cox_partial_likelihood_loss
 from radfusion.models.fusion import FusionNet, fusion_config
+from radfusion.models.gather import gather_outputs, world_size
 
 
 def masked_bce(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -49,7 +50,7 @@ class RadFusionModule(pl.LightningModule):
     surv_mask, subject_id}``.
 
     Args:
-        mode: ``handcrafted`` | ``deep`` | ``hybrid``.
+        mode: ``handcrafted`` | ``deep`` | ``hybrid`` | ``clinical``.
         targets: binary marker names, one logit each (``labels[:, i]`` belongs to ``targets[i]``).
         survival: add a Cox risk head (the last output column).
         radiomics_dim: length of the fold-processed radiomics vector (set by ``train``).
@@ -60,6 +61,9 @@ class RadFusionModule(pl.LightningModule):
         loss_weights: weight per head name (markers and ``survival``); default 1.
         uncertainty_weighting: learn the head weights (Kendall, Gal & Cipolla 2018).
         cox_ties: ``breslow`` | ``efron``.
+        clinical_dim: length of the fold-processed clinical vector (set by ``train``; None: no clinical branch).
+        clinical, clinical_categorical: the clinical column names (``model.clinical``), recorded in the
+            checkpoint; the datamodule processes them (:mod:`radfusion.features.clinical`).
     """
 
     def __init__(
@@ -75,10 +79,15 @@ class RadFusionModule(pl.LightningModule):
         loss_weights: dict | None = None,
         uncertainty_weighting: bool = False,
         cox_ties: str = "breslow",
+        clinical_dim: int | None = None,
+        clinical: Sequence[str] = (),
+        clinical_categorical: Sequence[str] = (),
     ) -> None:
         super().__init__()
         # Plain Python containers in the checkpoint, so it loads with torch's weights_only=True.
         targets = [str(t) for t in targets]
+        clinical, clinical_categorical = [str(c) for c in clinical], [str(c) for c in clinical_categorical]
+        clinical_dim = int(clinical_dim) if clinical_dim else None
         fusion = OmegaConf.to_container(fusion) if isinstance(fusion, DictConfig) else dict(fusion or {})
         if fusion.get("fuser") is not None:  # Hydra built a partial; the checkpoint keeps its description
             fusion["fuser"] = fusion_config(fusion["fuser"])
@@ -91,7 +100,7 @@ class RadFusionModule(pl.LightningModule):
         self.survival = bool(survival)
         self.heads = [*targets, *(["survival"] if survival else [])]
         self.net = FusionNet(mode, n_outputs=len(self.heads), encoder=encoder,
-                             radiomics_dim=radiomics_dim, **fusion)
+                             radiomics_dim=radiomics_dim, clinical_dim=clinical_dim, **fusion)
         self.loss_weights = {h: float(loss_weights.get(h, 1.0)) for h in self.heads}
         self.log_vars = nn.Parameter(torch.zeros(len(self.heads))) if uncertainty_weighting else None
         self.cox_ties = cox_ties
@@ -105,7 +114,7 @@ class RadFusionModule(pl.LightningModule):
         return self.best.get("val/auc", -math.inf)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.net(image=batch.get("image"), radiomics=batch.get("radiomics"))
+        return self.net(image=batch.get("image"), radiomics=batch.get("radiomics"), clinical=batch.get("clinical"))
 
     def head_losses(self, out: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         losses = {}
@@ -130,10 +139,12 @@ class RadFusionModule(pl.LightningModule):
         losses = self.head_losses(out, batch)
         loss = self.combine(losses)
         bs = out.shape[0]
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=bs)
+        sync = world_size() > 1  # DDP: epoch means over all ranks, so every rank monitors the same value
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage != "test", batch_size=bs,
+                 sync_dist=sync)
         if len(self.heads) > 1:
             for name, value in losses.items():
-                self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=bs)
+                self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=sync)
         if stage in self._outputs:
             self._outputs[stage].append(self._detach(out, batch))
         return loss
@@ -143,7 +154,7 @@ class RadFusionModule(pl.LightningModule):
         if self.targets:
             labels = batch["labels"].detach().clone()
             labels[batch["label_mask"] == 0] = float("nan")
-            rec["probs"] = torch.sigmoid(out[:, : len(self.targets)]).detach().cpu().numpy()
+            rec["probs"] = torch.sigmoid(out[:, : len(self.targets)].float()).detach().cpu().numpy()  # bf16 → fp32
             rec["labels"] = labels.cpu().numpy()
         if self.survival:
             time = batch["time"].detach().clone().double()
@@ -171,13 +182,15 @@ class RadFusionModule(pl.LightningModule):
 
     def outputs_to_predictions(self, out: torch.Tensor) -> dict[str, np.ndarray]:
         """Network outputs → ``{"probs": (B, n_markers), "risk": (B,)}`` (risk only with survival)."""
-        res = {"probs": torch.sigmoid(out[:, : len(self.targets)]).detach().cpu().numpy()}
+        # .float(): under bf16/fp16 autocast the outputs are half precision, which numpy cannot hold
+        res = {"probs": torch.sigmoid(out[:, : len(self.targets)].float()).detach().cpu().numpy()}
         if self.survival:
-            res["risk"] = out[:, -1].detach().cpu().numpy()
+            res["risk"] = out[:, -1].detach().float().cpu().numpy()
         return res
 
     def epoch_metrics(self, stage: str) -> dict[str, float]:
-        outputs = self._outputs[stage]
+        """Epoch metrics on the outputs of all DDP ranks together (:func:`gather_outputs`), never per rank."""
+        outputs = gather_outputs(self._outputs[stage])
         self._outputs[stage] = []
         if not outputs:
             return {}
@@ -208,14 +221,25 @@ class RadFusionModule(pl.LightningModule):
                 self.best[key] = max(self.best.get(key, -math.inf), metrics[key])
             metrics[f"{key}_best"] = max(self.best.get(key, -math.inf), metrics[key])
         shown = {k: metrics.pop(k) for k in ("val/auc", "val/cindex") if k in metrics}
-        self.log_dict({k: v for k, v in metrics.items()})
+        sync = world_size() > 1  # the values are already the same on every rank (gathered)
+        self.log_dict({k: v for k, v in metrics.items()}, sync_dist=sync)
         if shown:
-            self.log_dict(shown, prog_bar=True)
+            self.log_dict(shown, prog_bar=True, sync_dist=sync)
 
     def on_test_epoch_end(self) -> None:
         metrics = self.epoch_metrics("test")
         if metrics:
-            self.log_dict(metrics)
+            self.log_dict(metrics, sync_dist=world_size() > 1)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The best validation AUC / C-index so far (``val/auc_best``), so a resumed run continues it.
+        checkpoint["radfusion_best"] = {k: float(v) for k, v in self.best.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Only a resumed fit continues the record; testing the best checkpoint keeps the final one.
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit" and "radfusion_best" in checkpoint:
+            self.best = dict(checkpoint["radfusion_best"])
 
     def configure_optimizers(self):
         if self._optimizer is None:

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from radfusion.safe_load import UnsafeLoadError, load_torch_file
+
 log = logging.getLogger(__name__)
 
 # Containers that checkpoints of common tools put the weights in.
@@ -33,26 +35,24 @@ class PretrainedError(RuntimeError):
     """A pretrained-weights file that cannot be used; the message names the file and what to do."""
 
 
-def _torch_load(path: Path) -> object:
+def _torch_load(path: Path, allow_unsafe_load: bool = False) -> object:
+    """The file's contents without executing code in it (numpy scalars of nnU-Net's log included);
+    anything more needs the user's explicit ``allow_unsafe_load`` (:mod:`radfusion.safe_load`)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_torch_file(path, "pretrained weights", allow_unsafe_load=allow_unsafe_load)
     except FileNotFoundError as err:
         raise PretrainedError(f"pretrained weights not found: {path} (weights are read from a local path only; "
                               "nothing is downloaded)") from err
-    except Exception as first:  # noqa: BLE001 - any unpickling refusal
-        # nnU-Net checkpoints pickle a torch.device and numpy scalars in `init_args`, which the
-        # weights-only unpickler may refuse; a local file the user pointed us at is trusted.
-        log.info("%s: weights-only load refused (%s); loading as a trusted local pickle", path, first)
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:
-            raise PretrainedError(f"cannot read pretrained weights {path}: {type(err).__name__}: {err}") from err
+    except UnsafeLoadError as err:
+        raise PretrainedError(str(err)) from None
+    except Exception as err:  # noqa: BLE001 - a corrupt or foreign file means the same to the user
+        raise PretrainedError(f"cannot read pretrained weights {path}: {type(err).__name__}: {err}") from err
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, allow_unsafe_load: bool = False) -> dict[str, torch.Tensor]:
     """Tensors of a local weights file, unwrapped from the usual checkpoint containers."""
     path = Path(path)
-    obj = _torch_load(path)
+    obj = _torch_load(path, allow_unsafe_load)
     for _ in range(3):  # e.g. {"state_dict": {"model": {...}}}
         if isinstance(obj, dict):
             inner = next((obj[k] for k in _STATE_KEYS if isinstance(obj.get(k), dict)), None)
@@ -126,13 +126,14 @@ def match_state_dict(source: dict[str, torch.Tensor], target: dict[str, torch.Te
     return state, report
 
 
-def load_matching(module: nn.Module, path: str | Path, adapt_in_channels: bool = True) -> dict:
+def load_matching(module: nn.Module, path: str | Path, adapt_in_channels: bool = True,
+                  allow_unsafe_load: bool = False) -> dict:
     """Load every compatible tensor of a local weights file into ``module``; return the report.
 
     Raises :class:`PretrainedError` when nothing matches (a wrong file is an error, not a silent
     random initialisation).
     """
-    source = read_state_dict(path)
+    source = read_state_dict(path, allow_unsafe_load)
     target = module.state_dict()
     state, report = match_state_dict(source, target, adapt_in_channels)
     n_params = sum(1 for k in target if not k.endswith("num_batches_tracked"))
@@ -159,7 +160,7 @@ def _read_json(path: Path) -> dict:
 
 
 def load_nnunet_network(checkpoint: str | Path, plans: str | Path | None = None,
-                        configuration: str | None = None) -> tuple[nn.Module, dict]:
+                        configuration: str | None = None, allow_unsafe_load: bool = False) -> tuple[nn.Module, dict]:
     """Rebuild a trained nnU-Net v2 network from ``checkpoint_final.pth`` and its plans.
 
     Args:
@@ -176,7 +177,7 @@ def load_nnunet_network(checkpoint: str | Path, plans: str | Path | None = None,
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     checkpoint = Path(checkpoint)
-    ckpt = _torch_load(checkpoint)
+    ckpt = _torch_load(checkpoint, allow_unsafe_load)
     if not isinstance(ckpt, dict) or "network_weights" not in ckpt:
         raise PretrainedError(f"{checkpoint}: not an nnU-Net v2 checkpoint (no 'network_weights'; "
                               "expected fold_N/checkpoint_final.pth)")

@@ -321,6 +321,7 @@ def extract_cohort(cohort: Cohort, settings: FeatureSettings, cache_dir: str | P
     if indicators:
         df = pd.concat([df, pd.DataFrame(indicators, index=df.index, dtype=float)], axis=1)
     df.attrs["failures"] = failures
+    df.attrs["file_sha1"] = dict(memo)  # path -> sha1 of the inputs, for the run's manifest (not hashed twice)
     diagnostics = pd.DataFrame([row for sid in ids for row in diag_rows[sid]])
     # The table is a function of the settings and of each item's inputs (entries are deterministic):
     # when neither changed, the (slow, for ~27,000 columns) parquet file is already right.

@@ -13,7 +13,11 @@ radiomics through the shared cache and writes, into ``cfg.output_dir``:
   voxel counts, PyRadiomics rejections, warnings, error);
 - ``failures.csv``: subjects left out, the step (``validation`` with ``skip_invalid``, or
   ``extraction``) and why;
-- ``summary.json``: counts, timings, the settings and their cache key.
+- ``summary.json``: counts, timings, the settings and their cache key;
+- ``ibsi_names.csv``: IBSI name, code and tag of every column with an IBSI counterpart
+  (:mod:`radfusion.radiomics.ibsi`, ``docs/ibsi.md``);
+- ``manifest.json``: provenance (:mod:`radfusion.provenance`): command, versions, input checksums, the
+  table's sha1 (a later ``data=feature_table`` run on it records the same hash as its cohort's).
 
 A table that lacks subjects is not a success: with any subject left out, :func:`run_extraction`
 raises :class:`ExtractionFailed` after writing everything (the script exits non-zero) unless
@@ -32,10 +36,12 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from radfusion.cache import ensure_writable
+from radfusion.cache import ensure_writable, file_sha1
 from radfusion.cohort.readers import read_validated_cohort
 from radfusion.cohort.subject import CohortError
+from radfusion.provenance import build_manifest, write_manifest
 from radfusion.radiomics.extract import extract_cohort
+from radfusion.radiomics.ibsi import ibsi_names
 from radfusion.radiomics.settings import FeatureSettings
 
 log = logging.getLogger(__name__)
@@ -66,7 +72,8 @@ def run_extraction(cfg: DictConfig) -> Path:
     settings = FeatureSettings.from_config(cfg.features)
     progress = cfg.get("progress", True)
     ensure_writable(cfg.cache_dir, "feature cache")  # before validation, which may take minutes
-    cohort = read_validated_cohort(cfg.cohort, progress=progress, min_subjects=1)
+    cohort = read_validated_cohort(cfg.cohort, progress=progress, min_subjects=1,  # train.py's validation cache
+                                   cache_dir=OmegaConf.select(cfg, "paths.cache_dir"))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     log.info("extracting %d subjects x %d sequences x %d habitats (%s backend, n_jobs=%s) into %s",
@@ -74,6 +81,7 @@ def run_extraction(cfg: DictConfig) -> Path:
     df = extract_cohort(cohort, settings, cfg.cache_dir, progress=progress)
     key_dir = Path(cfg.cache_dir) / settings.cache_key()
     df.to_parquet(out / "features.parquet")
+    ibsi_names(df.columns).to_csv(out / "ibsi_names.csv", index=False)
     shutil.copyfile(key_dir / "diagnostics.csv", out / "diagnostics.csv")
     steps = [("validation", sid, why) for sid, why in cohort.excluded.items()]
     steps += [("extraction", sid, why) for sid, why in df.attrs.get("failures", {}).items()]
@@ -91,6 +99,11 @@ def run_extraction(cfg: DictConfig) -> Path:
         "label_convention": cohort.label_convention, "failures": failures,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_manifest(out, build_manifest(
+        "extract", cfg, cohort=cohort, feature_settings=settings, excluded=failures,
+        file_hashes=df.attrs.get("file_sha1"),
+        extra={"features_parquet": str(out / "features.parquet"),
+               "features_parquet_sha1": file_sha1(out / "features.parquet"), "n_features": int(df.shape[1])}))
     print(f"habitat radiomics: {len(df)} of {n_read} subjects x {df.shape[1]} features in "
           f"{summary['seconds']:.1f} s -> {out / 'features.parquet'}"
           + (f"; {len(failures)} failed ({summary['failed_validation']} validation, "

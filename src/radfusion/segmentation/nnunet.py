@@ -11,6 +11,7 @@ the label conversion and the provenance record.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ import torch
 
 from radfusion.cache import file_sha1
 from radfusion.cohort.subject import Subject, read_image
+from radfusion.safe_load import UnsafeLoadError, load_torch_file
 from radfusion.segmentation.labels import SegmentationError, convert_labels, model_channels, model_label_map
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class NNUNetSegmenter:
         use_mirroring: test-time mirroring along the axes the checkpoint allows (nnU-Net's default;
             8 passes per patch in 3D, so off is ~8x faster on CPU and slightly less accurate).
         tile_step_size: sliding-window overlap (nnU-Net's 0.5 default).
+        allow_unsafe_load: read checkpoints that the weights-only unpickler refuses (they may execute
+            code; trusted files only). Off: checkpoints load as data (:mod:`radfusion.safe_load`).
 
     The network is loaded on first use, so a wrong configuration fails at once and cheaply.
     """
@@ -67,7 +71,8 @@ class NNUNetSegmenter:
     def __init__(self, model_folder: str | Path, folds: Sequence[int | str] = (0,),
                  checkpoint: str = "checkpoint_final.pth", label_map: dict | None = None,
                  channels: dict[str, int] | None = None, device: str = "auto", use_mirroring: bool = True,
-                 tile_step_size: float = 0.5) -> None:
+                 tile_step_size: float = 0.5, allow_unsafe_load: bool = False) -> None:
+        self.allow_unsafe_load = bool(allow_unsafe_load)
         folder = Path(model_folder).expanduser()
         if not folder.is_dir():
             raise SegmentationError(
@@ -98,14 +103,21 @@ class NNUNetSegmenter:
         self.tile_step_size = float(tile_step_size)
         self._predictor = None
 
-    def _inspect_checkpoint(self) -> dict:
-        """Trainer, configuration and input channels of the first checkpoint (checked against dataset.json)."""
-        path = self.checkpoints[0]
+    def _read_checkpoint(self, path: Path) -> dict:
+        """One fold's checkpoint, read without executing code in it (``allow_unsafe_load`` opts out)."""
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            return load_torch_file(path, "nnU-Net checkpoint", allow_unsafe_load=self.allow_unsafe_load)
+        except UnsafeLoadError as err:
+            raise SegmentationError(f"model {self.folder}: {err} (scripts/segment.py: model.allow_unsafe_load=true)"
+                                    ) from None
         except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
             raise SegmentationError(f"model {self.folder}: cannot read checkpoint {path} ({type(err).__name__}: "
                                     f"{err})") from None
+
+    def _inspect_checkpoint(self) -> dict:
+        """Trainer, configuration and input channels of the first checkpoint (checked against dataset.json)."""
+        path = self.checkpoints[0]
+        ckpt = self._read_checkpoint(path)
         if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "init_args" not in ckpt:
             raise SegmentationError(f"model {self.folder}: {path} is not an nnU-Net v2 checkpoint "
                                     "(needs network_weights, init_args, trainer_name)")
@@ -150,8 +162,9 @@ class NNUNetSegmenter:
                                         device=self.device, verbose=False, verbose_preprocessing=False,
                                         allow_tqdm=False)
             try:
-                predictor.initialize_from_trained_model_folder(str(self.folder), use_folds=tuple(self.folds),
-                                                               checkpoint_name=self.checkpoint)
+                self._initialize(predictor)
+            except SegmentationError:
+                raise
             except (KeyError, RuntimeError, ValueError, TypeError) as err:
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise SegmentationError(f"model {self.folder}: nnU-Net cannot load it ({type(err).__name__}: "
@@ -163,6 +176,34 @@ class NNUNetSegmenter:
                                     "stage (needs the previous stage's masks); use a 3d_fullres model")
         self._predictor = predictor
         return predictor
+
+    def _initialize(self, predictor) -> None:
+        """What nnU-Net's ``initialize_from_trained_model_folder`` does, except that the fold checkpoints
+        are read by :meth:`_read_checkpoint` (nnU-Net's reader runs the full unpickler on them)."""
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        checkpoints = [self._read_checkpoint(p) for p in self.checkpoints]
+        first = checkpoints[0]
+        plans = PlansManager(_read_json(self.folder / "plans.json", f"model {self.folder}"))
+        configuration = plans.get_configuration(first["init_args"]["configuration"])
+        n_in = determine_num_input_channels(plans, configuration, self.dataset_json)
+        n_out = plans.get_label_manager(self.dataset_json).num_segmentation_heads
+        trainer_class = recursive_find_trainer_class_by_name(first["trainer_name"])
+        if trainer_class is None:
+            raise RuntimeError(f"nnU-Net trainer class {first['trainer_name']!r} is not installed")
+        if "plans_manager" in inspect.signature(trainer_class.build_network_architecture).parameters:
+            network = trainer_class.build_network_architecture(plans, configuration, n_in, n_out,
+                                                               enable_deep_supervision=False)
+        else:  # trainers written for nnU-Net's older signature
+            network = trainer_class.build_network_architecture(
+                configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
+                configuration.network_arch_init_kwargs_req_import, n_in, n_out, enable_deep_supervision=False)
+        parameters = [c["network_weights"] for c in checkpoints]
+        network.load_state_dict(parameters[0])
+        predictor.manual_initialization(network, plans, configuration, parameters, self.dataset_json,
+                                        first["trainer_name"], first.get("inference_allowed_mirroring_axes"))
 
     def predict(self, subject: Subject, convention: str | dict) -> tuple[sitk.Image, float]:
         """Segment one subject.

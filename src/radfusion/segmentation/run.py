@@ -208,7 +208,8 @@ def segmenter_from_config(model: dict, device: str = "auto", use_mirroring: bool
     return NNUNetSegmenter(model["folder"], folds=[folds] if isinstance(folds, (int, str)) else list(folds),
                            checkpoint=model.get("checkpoint", "checkpoint_final.pth"),
                            label_map=model.get("label_map"), channels=model.get("channels"), device=device,
-                           use_mirroring=use_mirroring, tile_step_size=tile_step_size)
+                           use_mirroring=use_mirroring, tile_step_size=tile_step_size,
+                           allow_unsafe_load=bool(model.get("allow_unsafe_load", False)))
 
 
 def summarise(run: SegmentationRun, segmenter: NNUNetSegmenter, out_dir: str | Path, t_total: float) -> dict:

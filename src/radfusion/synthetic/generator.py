@@ -96,7 +96,7 @@ from radfusion.synthetic.anatomy import (
     random_scanner,
     render_tumour,
 )
-from radfusion.synthetic.biology import rng_for, sample_followup, sample_subject, site_names
+from radfusion.synthetic.biology import rng_for, sample_followup, sample_subject
 
 #: Bump when a change alters the generated data, so cached cohorts are regenerated.
 #: 2: overlapping marker effects (``effect_scale``), optional second timepoint.
@@ -106,9 +106,11 @@ GENERATOR_VERSION = 2
 _RESPONSE_COLUMNS = ("response", "pseudoprogression", "design_log_volume_change", "days_from_baseline")
 
 
-def _site_table(seed: int, n_sites: int) -> dict[str, dict[str, dict[str, float]]]:
-    rng = rng_for(seed, 1)
-    return {site: {seq: vars(random_scanner(rng)) for seq in SEQUENCES} for site in site_names(n_sites)}
+def _site_table(seed: int, n_sites: int, first_site: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    # Sites of an external cohort (first_site > 0) draw their scanners from a stream of their own.
+    rng = rng_for(seed, 1) if first_site == 0 else rng_for(seed, 1, first_site)
+    names = [chr(ord("A") + first_site + k) for k in range(n_sites)]
+    return {site: {seq: vars(random_scanner(rng)) for seq in SEQUENCES} for site in names}
 
 
 def _render(lat: dict, shape: tuple[int, int, int], sites: dict, seed: int, index: int, timepoint: int = 0):
@@ -163,11 +165,15 @@ def _write_nifti(arr: np.ndarray, path: Path, affine: np.ndarray) -> None:
         img.to_filename(tmp)
 
 
-def _key(n_subjects, shape, spacing, n_sites, seed, missing_rate, effect_scale, n_timepoints) -> dict:
-    return dict(generator_version=GENERATOR_VERSION, n_subjects=int(n_subjects),
-                shape=[int(s) for s in shape], spacing=float(spacing), n_sites=int(n_sites),
-                seed=int(seed), missing_rate=float(missing_rate), effect_scale=float(effect_scale),
-                n_timepoints=int(n_timepoints))
+def _key(n_subjects, shape, spacing, n_sites, seed, missing_rate, effect_scale, n_timepoints,
+         first_site=0, id_prefix="SYN") -> dict:
+    key = dict(generator_version=GENERATOR_VERSION, n_subjects=int(n_subjects),
+               shape=[int(s) for s in shape], spacing=float(spacing), n_sites=int(n_sites),
+               seed=int(seed), missing_rate=float(missing_rate), effect_scale=float(effect_scale),
+               n_timepoints=int(n_timepoints))
+    if first_site or id_prefix != "SYN":  # only when set, so existing cohorts keep their parameters
+        key.update(first_site=int(first_site), id_prefix=str(id_prefix))
+    return key
 
 
 def _read_json(path: Path) -> dict | None:
@@ -184,7 +190,7 @@ def _folder_name(subject_id: str, timepoint: int) -> str:
 def generate_cohort(out_dir: str | Path, n_subjects: int = 100, shape: tuple[int, int, int] = (96, 96, 96),
                     spacing: float = 1.0, n_sites: int = 4, seed: int = 0, missing_rate: float = 0.1,
                     effect_scale: float = 1.0, n_timepoints: int = 1, overwrite: bool = False,
-                    progress: bool = True) -> Path:
+                    progress: bool = True, first_site: int = 0, id_prefix: str = "SYN") -> Path:
     """Generate (once) the synthetic cohort into ``out_dir`` and return the path of manifest.csv.
 
     Args:
@@ -206,6 +212,10 @@ def generate_cohort(out_dir: str | Path, n_subjects: int = 100, shape: tuple[int
             ``subject_id``) and a ``response`` label; the baseline is the same as with 1.
         overwrite: regenerate even if a finished cohort with the same parameters exists.
         progress: show a tqdm progress bar.
+        first_site: letters of the sites start here (0: "A", 4: "E", ...) and, when > 0, their scanners
+            come from a random stream of their own: an external cohort from sites the first never had
+            (``first_site=4 seed=1 id_prefix=EXT``; README "Apply a trained model").
+        id_prefix: subject ids are ``<id_prefix>_000``, ... (another prefix keeps two cohorts' ids apart).
 
     A finished cohort (params.json present with equal parameters) is returned untouched. An
     unfinished one with the same parameters is resumed: subjects whose files exist are kept.
@@ -213,6 +223,9 @@ def generate_cohort(out_dir: str | Path, n_subjects: int = 100, shape: tuple[int
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 16:
         raise ValueError(f"shape must be three sizes >= 16 voxels, got {shape}")
+    if first_site < 0 or first_site + n_sites > 26 or not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*", str(id_prefix)):
+        raise ValueError(f"invalid arguments: first_site={first_site} (0..{26 - n_sites} with n_sites={n_sites}), "
+                         f"id_prefix={id_prefix!r} (letters and digits)")
     if n_subjects < 1 or not 1 <= n_sites <= 26 or spacing <= 0 or not 0.0 <= missing_rate <= 1.0:
         raise ValueError(f"invalid arguments: n_subjects={n_subjects} (>= 1), n_sites={n_sites} "
                          f"(1..26), spacing={spacing} (> 0), missing_rate={missing_rate} (0..1)")
@@ -221,7 +234,8 @@ def generate_cohort(out_dir: str | Path, n_subjects: int = 100, shape: tuple[int
                          f"n_timepoints={n_timepoints} (1 or 2)")
     out = Path(out_dir)
     manifest_path, params_path, marker = out / "manifest.csv", out / "params.json", out / ".generating.json"
-    key = _key(n_subjects, shape, spacing, n_sites, seed, missing_rate, effect_scale, n_timepoints)
+    key = _key(n_subjects, shape, spacing, n_sites, seed, missing_rate, effect_scale, n_timepoints, first_site,
+               id_prefix)
     done = _read_json(params_path)
     if not overwrite and manifest_path.exists() and done is not None and done.get("parameters") == key:
         return manifest_path
@@ -230,10 +244,10 @@ def generate_cohort(out_dir: str | Path, n_subjects: int = 100, shape: tuple[int
     params_path.unlink(missing_ok=True)  # from here until the end, the cohort counts as unfinished
     resume = not overwrite and _read_json(marker) == key
     marker.write_text(json.dumps(key))
-    sites = _site_table(seed, n_sites)
+    sites = _site_table(seed, n_sites, first_site)
     affine = np.diag([spacing, spacing, spacing, 1.0])
     width = max(3, len(str(n_subjects - 1)))
-    ids = [f"SYN_{i:0{width}d}" for i in range(n_subjects)]
+    ids = [f"{id_prefix}_{i:0{width}d}" for i in range(n_subjects)]
 
     iterator = range(n_subjects)
     if progress:
@@ -246,6 +260,7 @@ def generate_cohort(out_dir: str | Path, n_subjects: int = 100, shape: tuple[int
     for i in iterator:
         sid = ids[i]
         base = sample_subject(seed, i, n_sites, missing_rate, effect_scale)
+        base["site"] = chr(ord(base["site"]) + first_site)
         timepoints = [dict(base, timepoint=0)]
         if n_timepoints == 2:
             follow = sample_followup(base, seed, i, effect_scale)

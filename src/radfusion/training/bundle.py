@@ -9,7 +9,7 @@ Every run (network or baseline) writes one (:func:`write_bundle`); ``predict.py`
                        the training sites, library versions, the files below with their SHA-1
     weights.pt         network weights (a plain state dict: ``torch.load(..., weights_only=True)``)
     processor.skops    the fitted radiomics processor (imputer, ComBat, filters, scaler, selector)
-    clinical.skops     the fitted clinical transform (when the model takes clinical columns)
+    clinical.json      the fitted clinical transform (when the model takes clinical columns), plain JSON
     baseline.skops     the fitted classical model(s) (baselines)
     pyradiomics.yaml   a copy of the PyRadiomics parameter file, when the run used one
 
@@ -24,6 +24,7 @@ See ``docs/bundle.md``.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +32,8 @@ from typing import Any
 
 from radfusion import __version__
 from radfusion.cache import atomic_write_text, file_sha1
+
+log = logging.getLogger(__name__)
 
 FORMAT = "radfusion-bundle"
 #: Bump when the layout changes in a way an older reader cannot follow.
@@ -119,8 +122,9 @@ def write_bundle(run_dir: str | Path, cfg, dm, *, model=None, state_dict: dict |
         features["params_file"] = "pyradiomics.yaml"
     if getattr(dm, "use_radiomics", False) and getattr(dm, "feature_pipeline", None) is not None:
         _skops("processor.skops", dm.feature_pipeline)
-    if getattr(dm, "clinical_pipeline", None) is not None:
-        _skops("clinical.skops", dm.clinical_pipeline)
+    if getattr(dm, "clinical_pipeline", None) is not None:  # plain JSON (ClinicalTransformer.to_state)
+        atomic_write_text(out / "clinical.json", json.dumps(dm.clinical_pipeline.to_state(), indent=1))
+        files["clinical.json"] = {}
     kind = "baseline" if baseline is not None else "network"
     spec: dict[str, Any] = {}
     if baseline is not None:
@@ -155,6 +159,8 @@ def write_bundle(run_dir: str | Path, cfg, dm, *, model=None, state_dict: dict |
         "feature_names_in": list(getattr(dm, "feature_names_in", []) or []),
         "feature_names_out": list(getattr(getattr(dm, "feature_pipeline", None), "feature_names_out_", []) or []),
         "clinical_columns": list(getattr(dm, "clinical_columns", []) or []),
+        "clinical_categorical": list(getattr(dm, "clinical_categorical", []) or []),
+        "explanation": {"explain": bool(cfg.get("explain", False)), **(_plain(cfg.get("explanation")) or {})},
         "training_sites": sorted(clinical.loc[train_ids, "site"].astype(str).unique().tolist()),
         "n_train": len(train_ids),
         "model": spec, "files": files, "versions": library_versions(),
@@ -192,6 +198,12 @@ class Bundle:
         if name not in self.meta["files"]:
             return None
         return load_skops(self._file(name), self.meta["files"][name].get("trusted_types", []))
+
+    def clinical(self):
+        """The fitted clinical transform (:class:`radfusion.features.clinical.ClinicalTransformer`)."""
+        from radfusion.features.clinical import ClinicalTransformer
+
+        return ClinicalTransformer.from_state(json.loads(self._file("clinical.json").read_text()))
 
     def state_dict(self) -> dict:
         import torch
@@ -258,4 +270,8 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"bundle {path}: made by radfusion {meta.get('radfusion_version')} (bundle format "
                           f"{version}); this is radfusion {__version__} (format {FORMAT_VERSION}). Use radfusion "
                           f"{meta.get('radfusion_version')} to apply it, or retrain with this version")
+    if meta.get("radfusion_version") != __version__:
+        log.warning("bundle %s was made by radfusion %s; this is radfusion %s (same bundle format %d): check that "
+                    "the feature code did not change between them (docs/bundle.md)", path,
+                    meta.get("radfusion_version"), __version__, FORMAT_VERSION)
     return Bundle(path, meta)

@@ -25,7 +25,7 @@ from radfusion.evaluation.survival import harrell_c
 def predict_splits(trainer: pl.Trainer, model: pl.LightningModule, dm, ckpt_path: str | None) -> pd.DataFrame:
     """Probabilities (and Cox risk) for every subject of every split, from ``ckpt_path`` (None: current weights)."""
     loaders = [dm.split_dataloader(split) for split in SPLITS]
-    outputs = trainer.predict(model, dataloaders=loaders, ckpt_path=ckpt_path)
+    outputs = trainer.predict(model, dataloaders=loaders, ckpt_path=ckpt_path, weights_only=True)
     if len(loaders) == 1:  # Lightning returns a flat list for a single loader
         outputs = [outputs]
     rows = []

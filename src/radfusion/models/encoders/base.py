@@ -43,7 +43,7 @@ class StageEncoder(nn.Module):
     net: nn.Module
 
     def _finish(self, stage_dims: Sequence[int], combine: str = "concat", proj_dim: int = 64,
-                frozen: bool = False, pretrained_path: str | None = None) -> None:
+                frozen: bool = False, pretrained_path: str | None = None, allow_unsafe_load: bool = False) -> None:
         if combine not in COMBINE:
             raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
         self.stage_dims = [int(c) for c in stage_dims]
@@ -59,7 +59,7 @@ class StageEncoder(nn.Module):
         self.num_features = int(sum(self.token_dims))
         self.pretrained_report: dict | None = None
         if pretrained_path:
-            self.load_pretrained(pretrained_path)
+            self.load_pretrained(pretrained_path, allow_unsafe_load=allow_unsafe_load)
         self.frozen = bool(frozen)
         if self.frozen:
             self.net.requires_grad_(False)
@@ -112,10 +112,12 @@ class StageEncoder(nn.Module):
             self.net.eval()  # a frozen backbone keeps its BatchNorm statistics
         return self
 
-    def load_pretrained(self, path: str, adapt_in_channels: bool = True) -> dict:
+    def load_pretrained(self, path: str, adapt_in_channels: bool = True, allow_unsafe_load: bool = False) -> dict:
         """Load matching tensors of a local weights file into the backbone; return the key report
-        (``matched``, ``skipped`` with reasons, ``missing``, ``adapted``, ``prefix``)."""
-        self.pretrained_report = load_matching(self.net, path, adapt_in_channels=adapt_in_channels)
+        (``matched``, ``skipped`` with reasons, ``missing``, ``adapted``, ``prefix``). The file is read
+        without executing code unless ``allow_unsafe_load`` (:func:`radfusion.safe_load.load_torch_file`)."""
+        self.pretrained_report = load_matching(self.net, path, adapt_in_channels=adapt_in_channels,
+                                               allow_unsafe_load=allow_unsafe_load)
         return self.pretrained_report
 
     def backbone_hash(self) -> str:

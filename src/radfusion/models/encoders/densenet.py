@@ -44,6 +44,7 @@ class DenseNetEncoder(StageEncoder):
         proj_dim: int = 64,
         frozen: bool = False,
         pretrained_path: str | None = None,
+        allow_unsafe_load: bool = False,
     ) -> None:
         super().__init__()
         n_blocks = self.n_blocks = len(block_config)
@@ -63,7 +64,8 @@ class DenseNetEncoder(StageEncoder):
             if i < n_blocks:
                 channels //= 2
         self._final_act = nn.ReLU()
-        self._finish([dims[s - 1] for s in self.stages], combine, proj_dim, frozen, pretrained_path)
+        self._finish([dims[s - 1] for s in self.stages], combine, proj_dim, frozen, pretrained_path,
+                     allow_unsafe_load=allow_unsafe_load)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         maps = []

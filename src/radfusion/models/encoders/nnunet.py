@@ -33,6 +33,8 @@ class NNUNetEncoder(StageEncoder):
         in_channels: expected input channels (checked against the checkpoint; None = don't check).
         combine, proj_dim, frozen: see :class:`StageEncoder`. Frozen by default: the point is to reuse
             what the segmentation model learned, and the cached embeddings make training fast.
+        allow_unsafe_load: read a checkpoint the weights-only unpickler refuses (trusted files only;
+            :func:`radfusion.safe_load.load_torch_file`).
 
     Shapes:
         ``(B, C, D, H, W)`` with ``C`` the checkpoint's input channels → ``(B, num_features)``.
@@ -48,9 +50,10 @@ class NNUNetEncoder(StageEncoder):
         combine: str = "project",
         proj_dim: int = 64,
         frozen: bool = True,
+        allow_unsafe_load: bool = False,
     ) -> None:
         super().__init__()
-        network, self.info = load_nnunet_network(checkpoint, plans, configuration)
+        network, self.info = load_nnunet_network(checkpoint, plans, configuration, allow_unsafe_load=allow_unsafe_load)
         n_stages = len(self.info["features_per_stage"])
         if stages is None:
             stages = tuple(range(max(1, n_stages - 2), n_stages + 1))

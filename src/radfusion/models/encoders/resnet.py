@@ -42,6 +42,7 @@ class ResNetEncoder(StageEncoder):
         conv1_t_stride: int = 1,
         no_max_pool: bool = True,
         pretrained_path: str | None = None,
+        allow_unsafe_load: bool = False,
         combine: str = "concat",
         proj_dim: int = 64,
         frozen: bool = False,
@@ -62,7 +63,8 @@ class ResNetEncoder(StageEncoder):
             no_max_pool=no_max_pool,
             feed_forward=False,
         )
-        self._finish([block_inplanes[s - 1] for s in self.stages], combine, proj_dim, frozen, pretrained_path)
+        self._finish([block_inplanes[s - 1] for s in self.stages], combine, proj_dim, frozen, pretrained_path,
+                     allow_unsafe_load=allow_unsafe_load)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         n = self.net

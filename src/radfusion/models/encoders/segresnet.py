@@ -40,6 +40,7 @@ class SegResNetEncoder(StageEncoder):
         proj_dim: int = 64,
         frozen: bool = False,
         pretrained_path: str | None = None,
+        allow_unsafe_load: bool = False,
     ) -> None:
         super().__init__()
         self.stages = self._check_stages(stages, range(1, len(blocks_down) + 1), "SegResNetEncoder")
@@ -48,7 +49,8 @@ class SegResNetEncoder(StageEncoder):
                              norm=norm, blocks_down=tuple(blocks_down), blocks_up=(1,) * (len(blocks_down) - 1))
         # Only `encode` is used: drop the decoder so it costs neither memory nor optimiser state.
         del self.net.up_layers, self.net.up_samples, self.net.conv_final
-        self._finish([init_filters * 2 ** (s - 1) for s in self.stages], combine, proj_dim, frozen, pretrained_path)
+        self._finish([init_filters * 2 ** (s - 1) for s in self.stages], combine, proj_dim, frozen, pretrained_path,
+                     allow_unsafe_load=allow_unsafe_load)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         n = self.net

@@ -44,6 +44,7 @@ class SwinEncoder(StageEncoder):
         proj_dim: int = 64,
         frozen: bool = False,
         pretrained_path: str | None = None,
+        allow_unsafe_load: bool = False,
     ) -> None:
         super().__init__()
         if len(depths) != 4 or len(num_heads) != 4:
@@ -53,7 +54,8 @@ class SwinEncoder(StageEncoder):
         self.net = SwinTransformer(in_chans=in_channels, embed_dim=feature_size, window_size=(window_size,) * 3,
                                    patch_size=(2, 2, 2), depths=tuple(depths), num_heads=tuple(num_heads),
                                    spatial_dims=3)
-        self._finish([feature_size * 2 ** s for s in self.stages], combine, proj_dim, frozen, pretrained_path)
+        self._finish([feature_size * 2 ** s for s in self.stages], combine, proj_dim, frozen, pretrained_path,
+                     allow_unsafe_load=allow_unsafe_load)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         n = self.net
