@@ -127,3 +127,15 @@ def test_hybrid_explanations_saliency_in_the_tumour_and_fusion_weights(strong_co
     np.testing.assert_allclose(1 / (1 + np.exp(-logit)), pred.loc[values.index, "prob_idh"], atol=1e-5)
     summary = json.loads((out / "explain.json").read_text())
     assert summary["shap"]["idh"]["seconds_per_subject"] > 0 and summary["saliency"]["seconds_per_subject"] > 0
+
+    # evaluate.py's report shows them: the SHAP groups table, the beeswarm and a saliency overlay.
+    from helpers.config import compose_config
+    from radfusion.evaluation.run import evaluate
+
+    report = tmp_path / "report"
+    evaluate(compose_config("eval.yaml", [f"runs=[{cfg.paths.output_dir}]", "n_bootstrap=50", "html=false",
+                                          f"paths.root_dir={tmp_path}", f"report_dir={report}"]))
+    text = (report / "report.md").read_text()
+    assert "## Explanations" in text and summary["shap"]["idh"]["top_groups"][0] in text
+    assert "positive attribution inside the tumour" in text
+    assert list(report.glob("explain_*_beeswarm.png")) and list(report.glob("explain_*_saliency.png"))

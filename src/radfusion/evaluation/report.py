@@ -13,6 +13,7 @@ import pandas as pd
 from radfusion.evaluation.analysis import Evaluation, Settings, order_groups
 from radfusion.evaluation.checklist import checklist, config_differences, excluded_line, excluded_subjects
 from radfusion.evaluation.decision import net_benefit
+from radfusion.evaluation.explanations import explanation_section
 from radfusion.evaluation.facts import is_synthetic
 from radfusion.evaluation.incremental import HEADER as INCREMENTAL_HEADER
 from radfusion.evaluation.incremental import INCREMENTAL_NOTE, incremental_value
@@ -228,6 +229,8 @@ def write_report(ev: Evaluation, groups: dict[str, list[Run]], skipped: list[tup
     if len(incremental):
         lines += ["## Incremental value over the clinical-only model", "", INCREMENTAL_NOTE, "",
                   *md_table(INCREMENTAL_HEADER, incremental_rows(incremental)), ""]
+    explained, explain_figures = explanation_section(groups, names, out, md_table)  # explain=true runs
+    lines += explained
     lines += ["## Runs", ""]
     rows = []
     for n in names:
@@ -277,6 +280,7 @@ def write_report(ev: Evaluation, groups: dict[str, list[Run]], skipped: list[tup
         files["report.html"] = out / "report.html"
         files["report.html"].write_text(markdown_to_html(text, title=f"radfusion report — {name}"))
     files.update({p.name: p for p in figures})
+    files.update(explain_figures)
     return files
 
 

@@ -64,10 +64,14 @@ def log_outputs(loggers, out_dir: str | Path, predictions: pd.DataFrame | None =
     if predictions is None and (out_dir / "predictions.csv").is_file():
         predictions = pd.read_csv(out_dir / "predictions.csv", dtype={"subject_id": str})
     pngs = sorted(out_dir.glob("*.png"))
+    explained = sorted((out_dir / "explain").rglob("*.png"))  # explain=true: beeswarms, saliency overlays
     manifest = out_dir / "manifest.json"
     for lg in runs:
         run = lg.experiment
         payload = {f"plots/{p.stem}": wandb.Image(str(p)) for p in pngs}
+        payload.update({f"explain/{p.stem}": wandb.Image(str(p)) for p in explained})
+        for csv in sorted((out_dir / "explain").glob("*shap_groups.csv")):
+            payload[f"explain/{csv.stem}"] = wandb.Table(dataframe=pd.read_csv(csv))
         if predictions is not None:
             table = predictions.reset_index(drop=True).astype(object)
             payload["predictions"] = wandb.Table(dataframe=table.where(table.notna(), None))
@@ -78,7 +82,7 @@ def log_outputs(loggers, out_dir: str | Path, predictions: pd.DataFrame | None =
                                  description="radfusion run manifest (docs/provenance.md)")
             art.add_file(str(manifest))
             run.log_artifact(art)
-    log.info("W&B: config, %d plot(s), %s and %s logged", len(pngs),
+    log.info("W&B: config, %d plot(s) (+%d explanation figures), %s and %s logged", len(pngs), len(explained),
              "predictions" if predictions is not None else "no predictions",
              "manifest.json" if manifest.is_file() else "no manifest")
 
