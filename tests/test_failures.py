@@ -30,7 +30,7 @@ from omegaconf import open_dict
 from helpers.config import compose_config, compose_train_cfg
 from helpers.paths import ROOT
 from helpers.radiomics import small_feature_settings
-from helpers.subjects import cohort_of, write_subject
+from helpers.subjects import cohort_of, manifest_cohort, write_subject
 from radfusion.cache import (
     CacheWriteError,
     atomic_path,
@@ -39,7 +39,7 @@ from radfusion.cache import (
     ensure_writable,
     remove_stale_temporaries,
 )
-from radfusion.cohort.subject import SEQUENCES, CohortError
+from radfusion.cohort.subject import CohortError
 from radfusion.cohort.validate import validate_cohort
 from radfusion.radiomics import engine
 from radfusion.radiomics.extract import extract_cohort
@@ -228,25 +228,11 @@ def test_validate_cohort_records_the_subjects_it_skipped(tmp_path):
     assert validate_cohort(cohort_of(subjects[::2])).excluded == {}
 
 
-def write_manifest(root: Path, n: int, corrupt: str | None = None) -> Path:
-    """A manifest cohort of ``n`` small subjects (IDH alternating, two sites); ``corrupt``'s t1ce is
-    not a NIfTI file."""
-    rows = []
-    for i in range(n):
-        s = write_subject(root / "data", f"P{i:02d}", seed=i)
-        if s.subject_id == corrupt:
-            s.images["t1ce"].write_bytes(b"not a NIfTI file")
-        rows.append({"subject_id": s.subject_id, **{q: s.images[q] for q in SEQUENCES}, "seg": s.seg,
-                     "idh": i % 2, "site": f"site{i % 2}"})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    return root / "manifest.csv"
-
-
 def test_a_skipped_subject_is_listed_in_metrics_json(tmp_path):
     """End to end through train(): a baseline on a manifest cohort with one corrupt subject."""
     from radfusion.training.run import train
 
-    manifest = write_manifest(tmp_path, 17, corrupt="P05")
+    manifest = manifest_cohort(tmp_path, 17, corrupt="P05")
     cfg = compose_train_cfg([
         "experiment=idh_baseline_lr", "data=manifest", f"data.cohort.path={manifest}", "data.cohort.skip_invalid=true",
         "data.cohort.sequences=[t1ce,flair]", "~features.params.featureClass",
@@ -300,7 +286,7 @@ def extract_cfg(tmp_path: Path, manifest: Path, extra: list[str] = ()):
 
 
 def test_run_extraction_validates_like_train_and_fails_loudly(tmp_path, monkeypatch):
-    manifest = write_manifest(tmp_path, 3, corrupt="P02")
+    manifest = manifest_cohort(tmp_path, 3, corrupt="P02")
     # default: the up-front validation refuses the cohort before any extraction
     with pytest.raises(CohortError, match=r"^subject P02: .*P02_t1ce\.nii\.gz") as info:
         run_extraction(extract_cfg(tmp_path, manifest))
@@ -334,7 +320,7 @@ def test_run_extraction_validates_like_train_and_fails_loudly(tmp_path, monkeypa
 
 
 def test_extract_script_exits_1_with_the_message(tmp_path):
-    manifest = write_manifest(tmp_path, 2, corrupt="P01")
+    manifest = manifest_cohort(tmp_path, 2, corrupt="P01")
     cmd = [sys.executable, str(ROOT / "scripts" / "extract_features.py"), "cohort=manifest",
            f"cohort.path={manifest}", f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'out'}",
            "cohort.sequences=[t1ce,flair]", "features.n_jobs=1", "progress=false", "cohort.skip_invalid=true",

@@ -11,9 +11,8 @@ import pytest
 from omegaconf import open_dict
 
 from helpers.config import compose_config, compose_train_cfg
-from helpers.subjects import write_subject
+from helpers.subjects import manifest_cohort
 from radfusion.cache import file_sha1
-from radfusion.cohort.subject import SEQUENCES
 from radfusion.provenance import (
     build_manifest,
     git_state,
@@ -23,26 +22,13 @@ from radfusion.provenance import (
 )
 
 
-def small_manifest(root: Path, n: int, corrupt: str) -> Path:
-    """A manifest cohort of ``n`` small subjects; ``corrupt``'s t1ce is not a NIfTI file."""
-    rows = []
-    for i in range(n):
-        s = write_subject(root / "data", f"P{i:02d}", seed=i)
-        if s.subject_id == corrupt:
-            s.images["t1ce"].write_bytes(b"not a NIfTI file")
-        rows.append({"subject_id": s.subject_id, **{q: s.images[q] for q in SEQUENCES}, "seg": s.seg,
-                     "idh": i % 2, "site": f"site{i % 2}"})
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    return root / "manifest.csv"
-
-
 @pytest.fixture(scope="module")
 def baseline_run(tmp_path_factory):
     """A classical baseline through train() on a 17-subject manifest cohort with one unreadable subject."""
     from radfusion.training.run import train
 
     tmp = tmp_path_factory.mktemp("prov")
-    manifest = small_manifest(tmp, 17, corrupt="P05")
+    manifest = manifest_cohort(tmp, 17, corrupt="P05")
     cfg = compose_train_cfg([
         "experiment=idh_baseline_lr", "data=manifest", f"data.cohort.path={manifest}", "data.cohort.skip_invalid=true",
         "data.cohort.sequences=[t1ce,flair]", "~features.params.featureClass",
@@ -139,7 +125,7 @@ def test_extraction_manifest_and_ibsi_names(tmp_path):
     """extract_features' run folder: the manifest (inputs, exclusion, the table's hash) and ibsi_names.csv."""
     from radfusion.radiomics.run import run_extraction
 
-    manifest = small_manifest(tmp_path, 3, corrupt="P02")
+    manifest = manifest_cohort(tmp_path, 3, corrupt="P02")
     cfg = compose_config("extract.yaml", [
         "cohort=manifest", f"cohort.path={manifest}", f"paths.cache_dir={tmp_path / 'cache'}",
         "cohort.sequences=[t1ce,flair]", "features.n_jobs=1", "progress=false", "features.habitats=[WT]",

@@ -50,3 +50,17 @@ def cohort_of(subjects: list[Subject]) -> Cohort:
     ids = [s.subject_id for s in subjects]
     clinical = pd.DataFrame({"subject_id": ids}).set_index("subject_id", drop=False)
     return Cohort(subjects, clinical, "brats2021")
+
+
+def manifest_cohort(root: Path, n: int, corrupt: str | None = None) -> Path:
+    """``root/manifest.csv``: a manifest cohort of ``n`` small subjects (IDH alternating, two sites);
+    ``corrupt``'s t1ce is not a NIfTI file."""
+    rows = []
+    for i in range(n):
+        s = write_subject(root / "data", f"P{i:02d}", seed=i)
+        if s.subject_id == corrupt:
+            s.images["t1ce"].write_bytes(b"not a NIfTI file")
+        rows.append({"subject_id": s.subject_id, **{q: s.images[q] for q in SEQUENCES}, "seg": s.seg,
+                     "idh": i % 2, "site": f"site{i % 2}"})
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    return root / "manifest.csv"
