@@ -10,7 +10,10 @@ synthetic 240×240×155 case) it runs, each in a fresh process, on the same mach
   PyRadiomics doing its own normalisation, 1 mm resampling and diagnostics (its defaults), 1 process;
 - ``engine 1``: :func:`radfusion.radiomics.extract.extract_cohort` on 1 process, cold cache;
 - ``engine N``: the same on ``--jobs`` processes (default: all cores), cold cache;
-- ``warm``: ``engine N`` again on its filled cache.
+- ``warm``: ``engine N`` again on its filled cache;
+- with ``--backend dask``, ``engine N`` and ``warm`` run on a Dask ``LocalCluster`` of ``--jobs``
+  single-threaded worker processes (started and stopped inside the timed call, as a run does), and
+  ``dask 1`` (one worker) is added, so the 2-worker ratio is measured inside Dask too.
 
 and prints one table: seconds, patients/hour, speed-up over the naive loop, features per subject and
 peak resident memory per process (the worker maximum for the engine). Times on a shared machine are
@@ -93,7 +96,8 @@ def run_naive(args: argparse.Namespace, manifest: str, ids: list[str]) -> dict:
     return {"seconds": time.perf_counter() - t0, "peak_mb": _peak_mb(), "features": n_features}
 
 
-def run_engine(args: argparse.Namespace, manifest: str, ids: list[str], cache: str, n_jobs: int) -> dict:
+def run_engine(args: argparse.Namespace, manifest: str, ids: list[str], cache: str, n_jobs: int,
+               backend: str = "loky") -> dict:
     import pandas as pd
 
     from radfusion.cohort.readers import load_cohort
@@ -103,6 +107,7 @@ def run_engine(args: argparse.Namespace, manifest: str, ids: list[str], cache: s
     full = load_cohort("manifest", manifest)
     cohort = Cohort([full.subject(i) for i in ids], full.clinical.loc[ids], full.label_convention, full.root)
     settings = _settings(args)
+    settings.backend = backend
     t0 = time.perf_counter()
     df = extract_cohort(cohort, settings, cache, n_jobs=n_jobs, progress=False)
     seconds = time.perf_counter() - t0
@@ -118,14 +123,15 @@ def _child(args: argparse.Namespace) -> None:
     if args.mode == "naive":
         out = run_naive(args, args.manifest, ids)
     else:
-        out = run_engine(args, args.manifest, ids, args.cache, args.child_jobs)
+        out = run_engine(args, args.manifest, ids, args.cache, args.child_jobs, args.child_backend)
     print("RESULT " + json.dumps(out))
 
 
 def _spawn(args: argparse.Namespace, mode: str, manifest: Path, ids: list[str], cache: Path | None = None,
-           jobs: int = 1) -> dict:
+           jobs: int = 1, backend: str = "loky") -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--manifest", str(manifest), "--ids", ",".join(ids),
-           "--features", args.features, "--sequences", *args.sequences, "--child-jobs", str(jobs)]
+           "--features", args.features, "--sequences", *args.sequences, "--child-jobs", str(jobs),
+           "--child-backend", backend]
     if cache is not None:
         cmd += ["--cache", str(cache)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -147,9 +153,12 @@ def bench(args: argparse.Namespace, name: str, manifest: Path, ids: list[str], w
     if not args.skip_naive:
         add("naive", 1, _spawn(args, "naive", manifest, ids))
     add("engine", 1, _spawn(args, "engine", manifest, ids, work / f"{name}_1", 1))
+    parallel = "engine" if args.backend == "loky" else "dask"
+    if args.backend == "dask":
+        add("dask", 1, _spawn(args, "engine", manifest, ids, work / f"{name}_dask1", 1, "dask"))
     cache = work / f"{name}_{args.jobs}"
-    add("engine", args.jobs, _spawn(args, "engine", manifest, ids, cache, args.jobs))
-    add("warm", args.jobs, _spawn(args, "engine", manifest, ids, cache, args.jobs))
+    add(parallel, args.jobs, _spawn(args, "engine", manifest, ids, cache, args.jobs, args.backend))
+    add("warm", args.jobs, _spawn(args, "engine", manifest, ids, cache, args.jobs, args.backend))
     return rows
 
 
@@ -178,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
                         "default: 5 habitats, Original")
     p.add_argument("--sequences", nargs="+", default=["t1", "t1ce", "t2", "flair"])
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes of the parallel engine run")
+    p.add_argument("--backend", choices=["loky", "dask"], default="loky",
+                   help="parallel engine runs on loky processes or a Dask LocalCluster of --jobs worker processes")
     p.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "radfusion_bench"))
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--output", help="also write the table (Markdown) and rows (JSON) here")
@@ -186,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ids", help=argparse.SUPPRESS)
     p.add_argument("--cache", help=argparse.SUPPRESS)
     p.add_argument("--child-jobs", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--child-backend", default="loky", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         args.mode = args.child
@@ -208,13 +220,18 @@ def main(argv: list[str] | None = None) -> None:
         # Subject 1 of seed 0 has every habitat (ET, NCR, ED); its WT is ~209 cm³.
         manifest = generate_cohort(data / "brats_240", n_subjects=2, shape=(240, 240, 155), seed=0, progress=False)
         datasets.append(("BraTS-sized 240x240x155", manifest, [load_cohort("manifest", manifest).ids[1]]))
-    print(f"habitat radiomics benchmark: features={args.features}, sequences={args.sequences}, "
+    print(f"habitat radiomics benchmark: features={args.features}, sequences={args.sequences}, backend={args.backend}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
     rows = []
     for name, man, ids in datasets:
         rows += bench(args, name.split(" x")[0].replace("³", "^3"), man, ids, work)
     table = _table(rows)
     print("\n" + table)
+    for name in dict.fromkeys(r["dataset"] for r in rows):
+        one = next((r for r in rows if r["dataset"] == name and r["mode"] == "dask" and r["procs"] == 1), None)
+        many = next((r for r in rows if r["dataset"] == name and r["mode"] == "dask" and r["procs"] > 1), None)
+        if one and many:
+            print(f"{name}: Dask {many['procs']} workers vs 1 worker: {one['seconds'] / many['seconds']:.2f}x")
     print(f"\nload average after: {os.getloadavg()[0]:.1f} (other processes on the machine inflate every time)")
     if args.output:
         Path(args.output).with_suffix(".md").write_text(table + "\n")

@@ -157,3 +157,23 @@ def test_guard_refuses_bf16_through_2cubed_maps():
     # the same shapes in fp32 train normally (the guard only watches bf16 autocast)
     _trainer("32-true", [Bf16ConvGuard()], epochs=1).fit(
         _module(), train_dataloaders=DataLoader(_Volumes(size=16), batch_size=4))
+
+
+def test_auto_precision_picks_bf16_only_where_it_is_fast_and_right(monkeypatch):
+    from radfusion.training import precision as prec
+
+    encoder = ResNetEncoder(block_inplanes=TINY_WIDTHS)
+    assert prec.has_unsafe_maps(encoder, (4, 16, 16, 16))  # the last stage of a 16³ ROI is 2³
+    assert not prec.has_unsafe_maps(encoder, (4, 24, 24, 24))  # 3³
+    assert encoder.training  # the dry forward leaves the mode as it was
+
+    monkeypatch.setattr(prec, "cpu_bf16_supported", lambda: True)
+    assert prec.resolve_precision("auto", "cpu", encoder, 24)[0] == "bf16-mixed"
+    assert prec.resolve_precision("auto", "cpu", encoder, 16)[0] == "32-true"
+    assert prec.resolve_precision("auto", "cpu", None, 24)[0] == "32-true"  # handcrafted / frozen encoder
+    assert prec.resolve_precision("auto", "gpu", encoder, 24)[0] == "32-true"
+    assert prec.resolve_precision("32-true", "cpu", encoder, 24) == ("32-true", "as configured")
+    assert prec.resolve_precision("bf16-mixed", "cpu", encoder, 16)[0] == "bf16-mixed"  # the guard's job then
+    monkeypatch.setattr(prec, "cpu_bf16_supported", lambda: False)
+    precision, why = prec.resolve_precision("auto", "cpu", encoder, 24)
+    assert precision == "32-true" and "native bf16" in why

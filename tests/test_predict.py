@@ -178,3 +178,25 @@ def test_predict_cli_accepts_model_equals(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert res.returncode == 1
     assert "not a radfusion model bundle" in res.stderr + res.stdout
+
+
+@pytest.mark.slow
+def test_predict_reproduces_a_bf16_run(cfg_factory, tiny_cohort, shared_cache, tmp_path):
+    """trainer.precision=auto trains the 24³ deep model in bf16 on a bf16 CPU; the bundle records it and
+    predict.py scores under the same autocast and memory format, reproducing the run's probabilities."""
+    from radfusion.training.precision import cpu_bf16_supported
+
+    if not cpu_bf16_supported():
+        pytest.skip("this CPU has no native bf16: auto trains in fp32")
+    cfg = cfg_factory("idh_deep", ["data.roi.size=24"])
+    assert cfg.trainer.precision == "auto"
+    metrics, _ = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    meta = json.loads((run / "model" / "bundle.json").read_text())
+    assert metrics["precision"] == meta["model"]["precision"] == "bf16-mixed"
+    assert meta["model"]["channels_last"] is True
+    out = tmp_path / "pred"
+    predict(predict_cfg(run, tiny_cohort, TINY, shared_cache, out))
+    trained = pd.read_csv(run / "predictions.csv", dtype={"subject_id": str}).set_index("subject_id")
+    applied = pd.read_csv(out / "predictions.csv", dtype={"subject_id": str}).set_index("subject_id")
+    np.testing.assert_allclose(applied.loc[trained.index, "prob_idh"], trained["prob_idh"], rtol=0, atol=1e-6)

@@ -218,3 +218,30 @@ def test_atomic_writes_replace_whole_or_leave_the_old_file(tmp_path: Path) -> No
     assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="mode"), atomic_write(target, "a"):
         pass
+
+
+def test_feature_parquet_reads_back_equal_to_pandas_own_writer(tmp_path: Path) -> None:
+    import numpy as np
+
+    from radfusion.cache import write_feature_parquet
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(3, 500))
+    values[1, 7] = np.nan  # a feature PyRadiomics could not compute
+    wide = pd.DataFrame(values, index=pd.Index(["s1", "s-2", "s 3"], name="subject_id"),
+                        columns=[f"WT_t1_original_glcm_F{i}" for i in range(500)])
+    wide.attrs["failures"] = {"s4": "no segmentation"}
+    mixed = wide.iloc[:, :3].assign(site=["A", "B", "A"])  # not all float: pandas' own writer
+    unnamed = wide.iloc[:, :3].rename_axis(None)
+    for name, df in [("wide", wide), ("mixed", mixed), ("unnamed", unnamed)]:
+        ours, theirs = tmp_path / f"{name}_ours.parquet", tmp_path / f"{name}_pandas.parquet"
+        write_feature_parquet(df, ours)
+        plain = df.copy()
+        plain.attrs = {}
+        plain.to_parquet(theirs)
+        got, want = pd.read_parquet(ours), pd.read_parquet(theirs)
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+        assert got.index.name == df.index.name and list(got.columns) == list(df.columns)
+        assert got.attrs == {}
+    assert np.isnan(pd.read_parquet(tmp_path / "wide_ours.parquet").iloc[1, 7])
+    assert not list(tmp_path.glob(".*.tmp*"))  # written atomically

@@ -40,6 +40,7 @@ from radfusion.evaluation.survival import harrell_c
 from radfusion.imaging.roi import ROISettings
 from radfusion.radiomics.settings import FeatureSettings
 from radfusion.training.bundle import Bundle, BundleError, load_bundle
+from radfusion.training.memory_format import batch_to_channels_last, module_to_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,16 @@ def _network_scores(bundle: Bundle, prepared, ids: list[str], inputs: dict, labe
     dataset = SubjectDataset(ids, labels, radiomics=inputs.get("radiomics"), roi_paths=roi_paths,
                              embeddings=embeddings, **extra)
     out: dict[str, list] = {"probs": [], "risk": []}
-    with torch.no_grad():
+    # The run's own predictions came through Lightning under the training precision and memory format:
+    # score the same way, so that a bundle on its training cohort reproduces them.
+    bf16 = bundle["model"].get("precision") == "bf16-mixed"
+    channels_last = bool(bundle["model"].get("channels_last")) and embeddings is None
+    if channels_last:
+        module_to_channels_last(module)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            if channels_last:
+                batch_to_channels_last(batch)
             res = module.outputs_to_predictions(module(batch))
             out["probs"].append(res["probs"])
             if "risk" in res:

@@ -30,6 +30,7 @@ from radfusion.cache import (
     ensure_writable,
     remove_stale_temporaries,
     settings_hash,
+    write_feature_parquet,
 )
 from radfusion.cohort.subject import GEOMETRY_TOLERANCE, Cohort, CohortError, Subject
 from radfusion.imaging.preprocess import brain_key
@@ -354,7 +355,6 @@ def _write_outputs(out_dir: Path, df: pd.DataFrame, diagnostics: pd.DataFrame, f
     stamp = out_dir / ".features.fingerprint"
     if (out_dir / "features.parquet").is_file() and stamp.is_file() and stamp.read_text() == fingerprint:
         return
-    with atomic_path(out_dir / "features.parquet") as tmp:
-        df.to_parquet(tmp)
+    write_feature_parquet(df, out_dir / "features.parquet")
     atomic_write_text(stamp, fingerprint)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from radfusion.cache import ensure_writable, file_sha1
+from radfusion.cache import ensure_writable, file_sha1, write_feature_parquet
 from radfusion.cohort.readers import read_validated_cohort
 from radfusion.cohort.subject import CohortError
 from radfusion.provenance import build_manifest, write_manifest
@@ -80,7 +80,7 @@ def run_extraction(cfg: DictConfig) -> Path:
              len(cohort), len(settings.sequences), len(settings.habitats), settings.backend, settings.n_jobs, out)
     df = extract_cohort(cohort, settings, cfg.cache_dir, progress=progress)
     key_dir = Path(cfg.cache_dir) / settings.cache_key()
-    df.to_parquet(out / "features.parquet")
+    write_feature_parquet(df, out / "features.parquet")
     ibsi_names(df.columns).to_csv(out / "ibsi_names.csv", index=False)
     shutil.copyfile(key_dir / "diagnostics.csv", out / "diagnostics.csv")
     steps = [("validation", sid, why) for sid, why in cohort.excluded.items()]

@@ -94,13 +94,20 @@ def _plain(cfg) -> Any:
     return cfg
 
 
+def _select(cfg, key: str):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, key, default=None)
+
+
 def write_bundle(run_dir: str | Path, cfg, dm, *, model=None, state_dict: dict | None = None,
-                 baseline: dict | None = None) -> Path:
+                 baseline: dict | None = None, precision: str = "32-true") -> Path:
     """Write ``<run_dir>/model/`` for a trained network (``model`` + ``state_dict``) or baseline
     (``baseline = {"models": {head: estimator}, "predict_kw": {...}, "info": {...}}``).
 
     ``dm`` is the set-up datamodule: its settings, fitted processors, feature names and training
-    sites are what the bundle records. Returns the bundle folder.
+    sites are what the bundle records; ``precision`` is the Trainer's (resolved) precision, under which
+    predict.py scores as the run did. Returns the bundle folder.
     """
     import torch
 
@@ -136,7 +143,10 @@ def write_bundle(run_dir: str | Path, cfg, dm, *, model=None, state_dict: dict |
         files["weights.pt"] = {}
         spec = {"config": _plain(cfg.model), "radiomics_dim": int(dm.radiomics_dim or 0) or None,
                 "clinical_dim": int(getattr(dm, "clinical_dim", 0) or 0) or None,
-                "frozen_encoder": bool(getattr(dm, "embeddings", None) is not None)}
+                "frozen_encoder": bool(getattr(dm, "embeddings", None) is not None),
+                # predict.py scores under the same autocast and memory format as the run's predictions
+                "precision": str(precision),
+                "channels_last": bool(_select(cfg, "callbacks.channels_last.enabled"))}
     for name in files:
         files[name]["sha1"] = file_sha1(out / name)
     clinical = dm.cohort.clinical

@@ -33,6 +33,7 @@ from radfusion.explain import explain_baseline, explain_network
 from radfusion.provenance import build_manifest, write_manifest
 from radfusion.training.bundle import write_bundle
 from radfusion.training.frozen import use_frozen_encoder
+from radfusion.training.precision import resolve_precision
 from radfusion.training.predictions import add_subject_columns, predict_splits, write_run_outputs
 from radfusion.training.resume import ResumeState, resume_output_dir
 from radfusion.training.tracking import announce_logger_choice, log_config, log_finished_run, log_outputs
@@ -45,6 +46,15 @@ def _instantiate_list(cfg: DictConfig | None) -> list:
     if not cfg:
         return []
     return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def _precision(cfg: DictConfig, model, dm, frozen: bool) -> str:
+    """The Trainer's precision: ``trainer.precision`` with ``auto`` resolved (radfusion.training.precision)."""
+    encoder = None if frozen or not dm.use_images else getattr(getattr(model, "net", None), "encoder", None)
+    precision, why = resolve_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator", "cpu"),
+                                       encoder, int(dm.roi_settings.size))
+    log.info("precision %s (%s)", precision, why)
+    return precision
 
 
 def train(cfg: DictConfig) -> tuple[dict, dict]:
@@ -75,9 +85,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
     loggers = _instantiate_list(cfg.get("logger"))
     log_config(loggers, cfg)  # W&B gets the whole resolved config, not only the module's hyperparameters
     # Our samplers shard themselves under DDP (radfusion.data.samplers), so Lightning must not wrap them.
+    frozen = use_frozen_encoder(model, dm)  # before the trainer: a frozen encoder trains in fp32
+    precision = _precision(cfg, model, dm, frozen)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      use_distributed_sampler=False)
-    use_frozen_encoder(model, dm)
+                                      use_distributed_sampler=False, precision=precision)
 
     if cfg.get("train", True):
         trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
@@ -93,9 +104,10 @@ def train(cfg: DictConfig) -> tuple[dict, dict]:
         return ({**test_metrics, **{("val/auc_best" if k == "val/auc" else f"{k}_best"): float(v)
                                     for k, v in model.best.items()}}, {"cfg": cfg, "trainer": trainer})
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"] if ckpt else model.state_dict()
-    write_bundle(out_dir, cfg, dm, model=model, state_dict=state)  # model/: what predict.py applies elsewhere
+    # model/: what predict.py applies elsewhere
+    write_bundle(out_dir, cfg, dm, model=model, state_dict=state, precision=precision)
     extra = _run_summary(cfg, dm, mode, t0, t_data)
-    extra.update({"best_checkpoint": ckpt, "epochs": trainer.current_epoch,
+    extra.update({"best_checkpoint": ckpt, "epochs": trainer.current_epoch, "precision": precision,
                   **{k: float(v) for k, v in model.best.items() if math.isfinite(v)}})
     extra = {("val/auc_best" if k == "val/auc" else "val/cindex_best" if k == "val/cindex" else k): v
              for k, v in extra.items()}
