@@ -18,6 +18,12 @@ synthetic 240×240×155 case) it runs, each in a fresh process, on the same mach
 and prints one table: seconds, patients/hour, speed-up over the naive loop, features per subject and
 peak resident memory per process (the worker maximum for the engine). Times on a shared machine are
 noisy; the ratios are what to compare.
+
+``--profile`` instead computes one item of the BraTS-sized case (``--profile-sequence``, shape on) in
+this process and prints where its time goes: per PyRadiomics feature class, the class set-up (array
+copies, binning), its C texture matrix (``radiomics._cmatrices``) and the rest of its feature code, and
+per image type; what remains (reading, z-scoring, filters, crops, shape) is one line. It is what decides
+which part of the engine is worth attacking.
 """
 
 from __future__ import annotations
@@ -162,6 +168,100 @@ def bench(args: argparse.Namespace, name: str, manifest: Path, ids: list[str], w
     return rows
 
 
+def profile_item(manifest: Path, sid: str, sequence: str, args: argparse.Namespace) -> str:
+    """Markdown tables of where one item's time goes (see the module doc); timing wrappers are removed after."""
+    import collections
+
+    import radiomics
+
+    from radfusion.cohort.readers import load_cohort
+    from radfusion.radiomics import engine
+    from radfusion.radiomics.pyrad import build_plan
+
+    settings = _settings(args)
+    settings.sequences = [sequence]
+    plan = build_plan(settings.pyradiomics_params)
+    cohort = load_cohort("manifest", manifest)
+    times: dict = collections.defaultdict(float)
+    state = {"image_type": "?"}
+    classes = radiomics.getFeatureClasses()
+    saved_classes = dict(classes)
+    saved_c: list[tuple] = []
+
+    def timed_class(base, name):
+        class Timed(base):
+            def __init__(self, *a, **kw):
+                t = time.perf_counter()
+                super().__init__(*a, **kw)
+                times[(name, "set-up", state["image_type"])] += time.perf_counter() - t
+
+            def execute(self):
+                t = time.perf_counter()
+                out = super().execute()
+                times[(name, "features", state["image_type"])] += time.perf_counter() - t
+                return out
+        return Timed
+
+    def timed_c(name, real):
+        def call(*a, **kw):
+            t = time.perf_counter()
+            out = real(*a, **kw)
+            times[(name, "C matrix", state["image_type"])] += time.perf_counter() - t
+            return out
+        return call
+
+    real_compute = plan.extractor.computeFeatures
+
+    def compute(image, mask, image_type_name, **kw):
+        state["image_type"] = image_type_name.split("-")[0]
+        return real_compute(image, mask, image_type_name, **kw)
+
+    for name in list(classes):
+        if not name.startswith("shape"):
+            classes[name] = timed_class(saved_classes[name], name)
+            module = __import__(saved_classes[name].__module__, fromlist=["cMatrices"])
+            fn = getattr(getattr(module, "cMatrices", None), f"calculate_{name}", None)
+            if fn is not None:
+                saved_c.append((module.cMatrices, f"calculate_{name}", fn))
+                setattr(module.cMatrices, f"calculate_{name}", timed_c(name, fn))
+    plan.extractor.computeFeatures = compute
+    try:
+        t0 = time.perf_counter()
+        item = engine.compute_item(cohort.subject(sid), sequence, True, settings, plan, cohort.label_convention)
+        total = time.perf_counter() - t0
+    finally:
+        plan.extractor.computeFeatures = real_compute
+        classes.clear()
+        classes.update(saved_classes)
+        for owner, attr, fn in saved_c:
+            setattr(owner, attr, fn)
+    # "features" includes the C matrix: split it into C and the rest.
+    per_class: dict = collections.defaultdict(lambda: collections.defaultdict(float))
+    per_type: dict = collections.defaultdict(float)
+    for (name, phase, image_type), v in times.items():
+        per_class[name][phase] += v
+        if phase != "C matrix":
+            per_type[image_type] += v
+    lines = [f"### One item: subject {sid}, {sequence}, shape on; {total:.1f} s "
+             f"({len(item['entries'])} entries; habitat voxels {item['voxels']})", "",
+             "| feature class | set-up s | C matrix s | rest of its features s | total s | % of item |",
+             "|---|---|---|---|---|---|"]
+    classes_total = 0.0
+    for name, ph in sorted(per_class.items(), key=lambda kv: -(kv[1]["set-up"] + kv[1]["features"])):
+        tot = ph["set-up"] + ph["features"]
+        classes_total += tot
+        lines.append(f"| {name} | {ph['set-up']:.2f} | {ph['C matrix']:.2f} | {ph['features'] - ph['C matrix']:.2f} "
+                     f"| {tot:.2f} | {100 * tot / total:.0f} |")
+    c_total = sum(ph["C matrix"] for ph in per_class.values())
+    lines.append(f"| **all classes** | | **{c_total:.2f}** | | **{classes_total:.2f}** | "
+                 f"**{100 * classes_total / total:.0f}** |")
+    lines.append(f"| reading, z-score, filters, crops, masks, shape (the rest) | | | | {total - classes_total:.2f} | "
+                 f"{100 * (total - classes_total) / total:.0f} |")
+    lines += ["", "| image type | feature classes s |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in sorted(per_type.items(), key=lambda kv: -kv[1])]
+    return "\n".join(lines)
+
+
 def _table(rows: list[dict]) -> str:
     lines = ["| dataset | mode | procs | seconds | s/subject | patients/h | x naive | x engine-1 | features/subject "
              "| peak MB/process |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -192,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "radfusion_bench"))
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--output", help="also write the table (Markdown) and rows (JSON) here")
+    p.add_argument("--profile", action="store_true",
+                   help="profile one item of the BraTS-sized case instead (see the module doc)")
+    p.add_argument("--profile-sequence", default="t1ce")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--manifest", help=argparse.SUPPRESS)
     p.add_argument("--ids", help=argparse.SUPPRESS)
@@ -208,6 +311,12 @@ def main(argv: list[str] | None = None) -> None:
     from radfusion.synthetic.generator import generate_cohort
 
     data = Path(args.data_dir)
+    if args.profile:
+        manifest = generate_cohort(data / "brats_240", n_subjects=2, shape=(240, 240, 155), seed=0, progress=False)
+        print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        print(profile_item(manifest, load_cohort("manifest", manifest).ids[1], args.profile_sequence, args))
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return
     work = Path(tempfile.mkdtemp(prefix="cache_", dir=data if data.exists() else None))
     datasets = []
     shape = tuple(args.shape)
