@@ -94,12 +94,6 @@ def _plain(cfg) -> Any:
     return cfg
 
 
-def _select(cfg, key: str):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.select(cfg, key, default=None)
-
-
 def write_bundle(run_dir: str | Path, cfg, dm, *, model=None, state_dict: dict | None = None,
                  baseline: dict | None = None, precision: str = "32-true") -> Path:
     """Write ``<run_dir>/model/`` for a trained network (``model`` + ``state_dict``) or baseline
@@ -110,6 +104,7 @@ def write_bundle(run_dir: str | Path, cfg, dm, *, model=None, state_dict: dict |
     predict.py scores as the run did. Returns the bundle folder.
     """
     import torch
+    from omegaconf import OmegaConf
 
     from radfusion.provenance import library_versions
 
@@ -146,7 +141,7 @@ def write_bundle(run_dir: str | Path, cfg, dm, *, model=None, state_dict: dict |
                 "frozen_encoder": bool(getattr(dm, "embeddings", None) is not None),
                 # predict.py scores under the same autocast and memory format as the run's predictions
                 "precision": str(precision),
-                "channels_last": bool(_select(cfg, "callbacks.channels_last.enabled"))}
+                "channels_last": bool(OmegaConf.select(cfg, "callbacks.channels_last.enabled", default=False))}
     for name in files:
         files[name]["sha1"] = file_sha1(out / name)
     clinical = dm.cohort.clinical

@@ -35,11 +35,17 @@ def _cpu_bf16_autocast() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
 
 
+def two_cubed(conv: nn.Conv3d, x: torch.Tensor) -> bool:
+    """Whether ``conv`` on input ``x`` is the shape oneDNN's bf16 weight gradient gets wrong: a spatial size
+    of 2 under a kernel wider than 1."""
+    return any(k > 1 for k in conv.kernel_size) and 2 in tuple(x.shape[-3:])
+
+
 def unsafe_input(conv: nn.Conv3d, x: torch.Tensor) -> bool:
-    """Whether ``conv`` on input ``x`` is the shape oneDNN's bf16 weight gradient gets wrong (a spatial size
-    of 2 under a kernel wider than 1), for a CPU tensor under bf16 autocast with gradients on."""
+    """Whether ``conv`` on input ``x`` is :func:`two_cubed`, for a CPU tensor under bf16 autocast with
+    gradients on."""
     return (x.device.type == "cpu" and torch.is_grad_enabled() and _cpu_bf16_autocast() and conv.weight.requires_grad
-            and any(k > 1 for k in conv.kernel_size) and 2 in tuple(x.shape[-3:]))
+            and two_cubed(conv, x))
 
 
 class Bf16ConvGuard(pl.Callback):
@@ -91,12 +97,12 @@ def cpu_bf16_supported() -> bool:
 
 
 def has_unsafe_maps(encoder: nn.Module, in_shape: tuple[int, ...]) -> bool:
-    """Whether a ``Conv3d`` of ``encoder`` (kernel wider than 1) sees a spatial size of 2 on one input of
-    ``in_shape`` ``(C, D, H, W)``: one dry forward of zeros, in eval mode and without gradients."""
+    """Whether a ``Conv3d`` of ``encoder`` is :func:`two_cubed` on one input of ``in_shape`` ``(C, D, H, W)``:
+    one dry forward of zeros, in eval mode and without gradients."""
     seen: list[bool] = []
 
     def record(module: nn.Conv3d, inputs) -> None:
-        seen.append(any(k > 1 for k in module.kernel_size) and 2 in tuple(inputs[0].shape[-3:]))
+        seen.append(two_cubed(module, inputs[0]))
 
     handles = [m.register_forward_pre_hook(record) for m in encoder.modules() if isinstance(m, nn.Conv3d)]
     was_training = encoder.training
