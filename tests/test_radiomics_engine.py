@@ -40,7 +40,7 @@ def _column(habitat: str, sequence: str, name: str) -> str:
     return f"{habitat}_{sequence}_{name}"
 
 
-def _assert_close(features: dict, reference: dict, habitat: str, sequence: str, tol: float = 1e-6) -> int:
+def _assert_close(features: dict, reference: dict, habitat: str, sequence: str, tol: float = 1e-9) -> int:
     bad = []
     for name, ref in reference.items():
         got = features[_column(habitat, sequence, name)]

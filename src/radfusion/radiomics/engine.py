@@ -11,7 +11,9 @@ Per (subject, sequence) *item*:
 4. compute each filtered image (LoG per sigma, wavelet sub-bands, ...) once, and extract every
    habitat from it with PyRadiomics' own feature classes (``extractor.computeFeatures``), cropped
    to the habitat exactly as ``RadiomicsFeatureExtractor.execute`` crops it;
-5. the first sequence's item also holds the shape features, once per habitat.
+5. the first sequence's item also holds the shape features, once per habitat, with
+   :func:`radfusion.radiomics.mesh.compute_shape` (PyRadiomics' shape class, its O(n²) diameter
+   loop replaced by the same values from convex hulls).
 
 Steps 3-5 mirror ``execute`` call for call, so each habitat's features equal ``execute`` on the
 same cropped image and habitat mask. ``Original`` features are also crop-invariant (PyRadiomics
@@ -39,6 +41,7 @@ from radfusion.cohort.habitats import RING, habitat_masks
 from radfusion.cohort.integrity import check_labels
 from radfusion.cohort.subject import GEOMETRY_TOLERANCE, CohortError, Subject
 from radfusion.imaging.preprocess import bounding_box, crop, load_preprocessed
+from radfusion.radiomics.mesh import compute_shape
 from radfusion.radiomics.pyrad import Plan, Unit, binning_memo
 from radfusion.radiomics.settings import FEATURE_SCHEMA_VERSION, FeatureSettings
 
@@ -228,7 +231,7 @@ def compute_entries(image: sitk.Image, masks: dict[str, sitk.Image], plan: Plan,
             if want(hk, key):
                 if same_as[hk] not in done:
                     shape_mask = tex_mask if s.get("resegmentShape", False) and tex_mask is not None else mask
-                    values = plan.extractor.computeShape(image, shape_mask, bbox, **s)
+                    values = compute_shape(plan.extractor, image, shape_mask, bbox, **s)
                     done[same_as[hk]] = {k: float(v) for k, v in values.items()}
                 entries[key] = dict(done[same_as[hk]])
     for unit in plan.units:
