@@ -175,6 +175,7 @@ def profile_item(manifest: Path, sid: str, sequence: str, args: argparse.Namespa
     import radiomics
 
     from radfusion.cohort.readers import load_cohort
+    from radfusion.radiomics import classes as classes_module
     from radfusion.radiomics import engine
     from radfusion.radiomics.pyrad import build_plan
 
@@ -200,6 +201,7 @@ def profile_item(manifest: Path, sid: str, sequence: str, args: argparse.Namespa
                 out = super().execute()
                 times[(name, "features", state["image_type"])] += time.perf_counter() - t
                 return out
+        Timed.__module__ = base.__module__  # PyRadiomics' logger name, kept quiet
         return Timed
 
     def timed_c(name, real):
@@ -210,11 +212,11 @@ def profile_item(manifest: Path, sid: str, sequence: str, args: argparse.Namespa
             return out
         return call
 
-    real_compute = plan.extractor.computeFeatures
+    real_compute = classes_module.compute_features
 
-    def compute(image, mask, image_type_name, **kw):
+    def compute(extractor, image, mask, image_type_name, **kw):
         state["image_type"] = image_type_name.split("-")[0]
-        return real_compute(image, mask, image_type_name, **kw)
+        return real_compute(extractor, image, mask, image_type_name, **kw)
 
     for name in list(classes):
         if not name.startswith("shape"):
@@ -224,15 +226,18 @@ def profile_item(manifest: Path, sid: str, sequence: str, args: argparse.Namespa
             if fn is not None:
                 saved_c.append((module.cMatrices, f"calculate_{name}", fn))
                 setattr(module.cMatrices, f"calculate_{name}", timed_c(name, fn))
-    plan.extractor.computeFeatures = compute
+    # The engine's faster classes are built on the registry's: rebuild them on the timed ones.
+    classes_module.fast_feature_classes.cache_clear()
+    engine.compute_features = compute
     try:
         t0 = time.perf_counter()
         item = engine.compute_item(cohort.subject(sid), sequence, True, settings, plan, cohort.label_convention)
         total = time.perf_counter() - t0
     finally:
-        plan.extractor.computeFeatures = real_compute
+        engine.compute_features = real_compute
         classes.clear()
         classes.update(saved_classes)
+        classes_module.fast_feature_classes.cache_clear()
         for owner, attr, fn in saved_c:
             setattr(owner, attr, fn)
     # "features" includes the C matrix: split it into C and the rest.

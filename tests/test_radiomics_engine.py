@@ -266,3 +266,36 @@ def test_binning_memo_nests_restores_on_error_and_returns_pyradiomics_values() -
     assert imageoperations.binImage is own
     with binning_memo(enabled=False):
         assert imageoperations.binImage is own
+
+
+def test_bin_edges_from_the_range_equal_pyradiomics_own() -> None:
+    """Inside the memo, getBinEdges sees only [min, max]: the edges (binWidth and binCount, float and
+    integer ROIs, flat and single-bin ROIs) are exactly PyRadiomics' own; NaN goes to PyRadiomics as is."""
+    from radiomics import imageoperations
+
+    own = imageoperations.getBinEdges
+    rng = np.random.default_rng(3)
+    cases = [rng.normal(0.0, 100.0, 5000), rng.normal(0.0, 1.0, 50) * 7.3 + 0.01,
+             rng.integers(-300, 900, 4000).astype(np.int16), np.full(40, 50.0), np.full(40, 3.7),
+             np.array([0.0, 25.0, 24.999999, 49.0])]
+    settings = [{"binWidth": 25}, {"binWidth": 0.3}, {"binCount": 16}, {"binCount": 1}, {}]
+    with binning_memo():
+        fast = imageoperations.getBinEdges
+        assert fast is not own and fast.__wrapped__ is own
+        for values in cases:
+            for kw in settings:
+                np.testing.assert_array_equal(np.asarray(fast(values, **kw)), np.asarray(own(values, **kw)))
+    assert imageoperations.getBinEdges is own
+    with_nan = np.array([1.0, np.nan, 30.0, 70.0])
+    seen = []
+
+    def spy(values, **kwargs):
+        seen.append(np.asarray(values).copy())
+        return own(values, **kwargs)
+
+    from radfusion.radiomics.pyrad import _range_bin_edges
+
+    _range_bin_edges(spy)(with_nan, binWidth=25)
+    assert len(seen) == 1 and seen[0].size == 4  # not reduced to a range: PyRadiomics decides
+    _range_bin_edges(spy)(cases[0], binWidth=25)
+    assert seen[1].tolist() == [cases[0].min(), cases[0].max()]

@@ -9,8 +9,9 @@ Per (subject, sequence) *item*:
    ``RING`` habitat is on); PyRadiomics' own resampling, if on, resamples that crop once;
 3. build the habitat masks on the crop and run PyRadiomics' ``checkMask`` on each;
 4. compute each filtered image (LoG per sigma, wavelet sub-bands, ...) once, and extract every
-   habitat from it with PyRadiomics' own feature classes (``extractor.computeFeatures``), cropped
-   to the habitat exactly as ``RadiomicsFeatureExtractor.execute`` crops it;
+   habitat from it with PyRadiomics' own feature classes (``extractor.computeFeatures``, with the
+   equal but faster set-up of :mod:`radfusion.radiomics.classes`), cropped to the habitat exactly
+   as ``RadiomicsFeatureExtractor.execute`` crops it;
 5. the first sequence's item also holds the shape features, once per habitat, with
    :func:`radfusion.radiomics.mesh.compute_shape` (PyRadiomics' shape class, its O(n²) diameter
    loop replaced by the same values from convex hulls).
@@ -41,6 +42,7 @@ from radfusion.cohort.habitats import RING, habitat_masks
 from radfusion.cohort.integrity import check_labels
 from radfusion.cohort.subject import GEOMETRY_TOLERANCE, CohortError, Subject
 from radfusion.imaging.preprocess import bounding_box, crop, load_preprocessed
+from radfusion.radiomics.classes import compute_features
 from radfusion.radiomics.mesh import compute_shape
 from radfusion.radiomics.pyrad import Plan, Unit, binning_memo
 from radfusion.radiomics.settings import FEATURE_SCHEMA_VERSION, FeatureSettings
@@ -252,7 +254,7 @@ def compute_entries(image: sitk.Image, masks: dict[str, sitk.Image], plan: Plan,
                     _, tex_mask, bbox = prepared[hk]
                     # execute crops without padding (kernelRadius = 0 for segment-based extraction).
                     img_c, mask_c = imageoperations.cropToTumorMask(filtered, tex_mask, bbox, padDistance=0)
-                    values = plan.extractor.computeFeatures(img_c, mask_c, name, **kwargs)
+                    values = compute_features(plan.extractor, img_c, mask_c, name, **kwargs)
                     results[hk].update({k: float(v) for k, v in values.items()})
             for hk in group:
                 for other in todo:
