@@ -125,3 +125,13 @@ def test_levels_and_counts_equal_numpy_unique() -> None:
     assert _levels_and_counts(np.array([], dtype=int)) is None
     assert _levels_and_counts(np.array([-1, 2])) is None
     assert _levels_and_counts(np.array([1.0, 2.0])) is None
+
+
+def test_feature_names_are_pyradiomics_own_and_not_shared_between_classes() -> None:
+    fast = fast_feature_classes()
+    for name, cls in getFeatureClasses().items():
+        if name.startswith("shape"):
+            continue
+        assert fast[name].getFeatureNames() == cls.getFeatureNames()
+        fast[name].getFeatureNames()["not a feature"] = True  # a caller's edit does not stick
+        assert fast[name].getFeatureNames() == cls.getFeatureNames()

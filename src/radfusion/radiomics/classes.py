@@ -8,7 +8,7 @@ computes its moments and percentiles through numpy's NaN-aware functions one fea
 kurtosis). The subclasses here change only how those numbers are found, never what they are:
 
 - grey levels and their counts from ``numpy.bincount`` (PyRadiomics' bins are positive integers):
-  the same sorted integers as ``numpy.unique``;
+  the same sorted integers as ``numpy.unique``; the feature names once per class, not per instance;
 - first order, when the ROI holds no NaN (always, for a segment-based extraction of a finite
   image): the mean and the deviations once (cubes and fourth powers as products, not ``pow``),
   the 10/25/75/90th percentiles in one
@@ -44,7 +44,16 @@ def _levels_and_counts(binned: np.ndarray) -> tuple[np.ndarray, np.ndarray] | No
 
 
 class _GreyLevelsByCount:
-    """Mixin: ``_applyBinning`` with the ROI's grey levels counted instead of sorted."""
+    """Mixin: ``_applyBinning`` with the ROI's grey levels counted instead of sorted, and the
+    class's feature names (which PyRadiomics finds with ``inspect`` on every instance) found once."""
+
+    _feature_names: dict | None = None
+
+    @classmethod
+    def getFeatureNames(cls):  # noqa: N802 - PyRadiomics' name
+        if cls.__dict__.get("_feature_names") is None:
+            cls._feature_names = super().getFeatureNames()
+        return dict(cls._feature_names)
 
     def _applyBinning(self, matrix):  # noqa: N802 - PyRadiomics' name
         binned, _ = imageoperations.binImage(matrix, self.maskArray, **self.settings)
