@@ -16,6 +16,9 @@ kurtosis). The subclasses here change only how those numbers are found, never wh
   and the robust MAD over the 10-90th percentile voxels directly. A ROI with a NaN, or a
   voxel-based extraction, goes to PyRadiomics' own code.
 
+- GLRLM, when the engine hands it a matrix computed for several disjoint habitats at once
+  (:mod:`radfusion.radiomics.runlength`): that matrix, else PyRadiomics' own C call.
+
 Sums taken in a different order can differ in the last bits (≤ 1e-15 relative);
 ``tests/test_radiomics_classes.py`` holds every class to PyRadiomics' within 1e-12 on the
 reference cases and synthetic habitats, and the engine tests hold whole items to ``execute``
@@ -30,6 +33,9 @@ import functools
 import numpy as np
 from radiomics import getFeatureClasses, imageoperations
 from radiomics.firstorder import RadiomicsFirstOrder
+from radiomics.glrlm import RadiomicsGLRLM
+
+from radfusion.radiomics.runlength import process_run_lengths
 
 __all__ = ["compute_features", "fast_feature_classes"]
 
@@ -135,6 +141,22 @@ class _FirstOrderStats:
         return np.array([np.mean(np.absolute(kept - np.mean(kept)))])
 
 
+class _SharedRunLengths:
+    """Mixin for ``RadiomicsGLRLM``: take the C matrix from :func:`radfusion.radiomics.runlength.shared_run_lengths`
+    when the engine computed it for several habitats at once (``shared_matrix``)."""
+
+    shared_matrix: tuple | None = None
+
+    def _calculateMatrix(self, voxelCoordinates=None):  # noqa: N802, N803 - PyRadiomics' names
+        shared = self.shared_matrix
+        if shared is None or voxelCoordinates is not None or self.voxelBased:
+            return super()._calculateMatrix(voxelCoordinates)
+        matrix, angles = shared
+        if matrix.shape[1] != self.coefficients["Ng"] or matrix.shape[2] != int(np.max(self.imageArray.shape)):
+            return super()._calculateMatrix(voxelCoordinates)  # not this ROI's matrix: PyRadiomics' own call
+        return process_run_lengths(self, matrix.copy(), angles)
+
+
 @functools.lru_cache(maxsize=1)
 def fast_feature_classes() -> dict[str, type]:
     """PyRadiomics' feature classes by name, each with the faster equal set-up (shape excluded)."""
@@ -142,22 +164,33 @@ def fast_feature_classes() -> dict[str, type]:
     for name, cls in getFeatureClasses().items():
         if name.startswith("shape"):
             continue
-        mixins = (_FirstOrderStats, _GreyLevelsByCount) if issubclass(cls, RadiomicsFirstOrder) else (_GreyLevelsByCount,)
+        mixins: tuple = (_GreyLevelsByCount,)
+        if issubclass(cls, RadiomicsFirstOrder):
+            mixins = (_FirstOrderStats, *mixins)
+        elif issubclass(cls, RadiomicsGLRLM):
+            mixins = (_SharedRunLengths, *mixins)
         # PyRadiomics names each class's logger after its module: keep "radiomics.<class>", so the
         # warnings stay quiet and are still counted by capture_warnings.
         fast[name] = type(f"Fast{cls.__name__}", (*mixins, cls), {"__module__": cls.__module__})
     return fast
 
 
-def compute_features(extractor, image, mask, image_type_name: str, **kwargs) -> dict:
+def compute_features(extractor, image, mask, image_type_name: str, run_lengths: tuple | None = None,
+                     **kwargs) -> dict:
     """``extractor.computeFeatures`` (every enabled non-shape class on one cropped image) with the
-    classes of :func:`fast_feature_classes`; feature names and values are PyRadiomics'."""
+    classes of :func:`fast_feature_classes`; feature names and values are PyRadiomics'.
+
+    ``run_lengths``: this ROI's GLRLM C matrix and angles, if the engine computed them together
+    with other habitats (:func:`radfusion.radiomics.runlength.shared_run_lengths`).
+    """
     classes = fast_feature_classes()
     values: dict = collections.OrderedDict()
     for class_name, feature_names in extractor.enabledFeatures.items():
         if class_name.startswith("shape") or class_name not in classes:
             continue
         features = classes[class_name](image, mask, **kwargs)
+        if run_lengths is not None and isinstance(features, _SharedRunLengths):
+            features.shared_matrix = run_lengths
         for name in feature_names or []:
             features.enableFeatureByName(name)
         for name, value in features.execute().items():

@@ -45,6 +45,7 @@ from radfusion.imaging.preprocess import bounding_box, crop, load_preprocessed
 from radfusion.radiomics.classes import compute_features
 from radfusion.radiomics.mesh import compute_shape
 from radfusion.radiomics.pyrad import Plan, Unit, binning_memo
+from radfusion.radiomics.runlength import disjoint_group, shared_run_lengths
 from radfusion.radiomics.settings import FEATURE_SCHEMA_VERSION, FeatureSettings
 
 #: Layout version of the item JSON files.
@@ -225,6 +226,14 @@ def compute_entries(image: sitk.Image, masks: dict[str, sitk.Image], plan: Plan,
     def want(hk: str, key: str) -> bool:
         return wanted is None or key in wanted.get(hk, set())
 
+    # Disjoint habitats (ET, NCR, ED, ring) share one GLRLM C call per filtered image (runlength.py).
+    run_length_group: list[str] = []
+    if "glrlm" in plan.extractor.enabledFeatures:
+        representatives = {hk: sitk.GetArrayFromImage(p[1]) == 1 for hk, p in prepared.items()
+                           if p[1] is not None and same_as[hk] == hk}
+        run_length_group = disjoint_group(representatives)
+    flat_angles: dict = {}  # habitat -> GLRLM angles along which it is flat (masks only: once per item)
+
     entries: dict[str, dict] = {}
     if with_shape and plan.shape_key:
         done: dict[str, dict] = {}
@@ -250,17 +259,27 @@ def compute_entries(image: sitk.Image, masks: dict[str, sitk.Image], plan: Plan,
             results: dict[str, dict] = {hk: {} for hk in group}
             # A shared filter ignores the mask it is given; a mask-dependent one gets its habitat's.
             for filtered, name, kwargs in generate(image, prepared[group[0]][1], **args):
+                # execute crops without padding (kernelRadius = 0 for segment-based extraction).
+                crops = {hk: imageoperations.cropToTumorMask(filtered, prepared[hk][1], prepared[hk][2], padDistance=0)
+                         for hk in group}
+                together = [hk for hk in group if hk in run_length_group]
+                shared = shared_run_lengths({hk: (*crops[hk], _lower_zyx(prepared[hk][2])) for hk in together},
+                                            kwargs, flat_angles) if len(together) > 1 else {}
                 for hk in group:
-                    _, tex_mask, bbox = prepared[hk]
-                    # execute crops without padding (kernelRadius = 0 for segment-based extraction).
-                    img_c, mask_c = imageoperations.cropToTumorMask(filtered, tex_mask, bbox, padDistance=0)
-                    values = compute_features(plan.extractor, img_c, mask_c, name, **kwargs)
+                    img_c, mask_c = crops[hk]
+                    values = compute_features(plan.extractor, img_c, mask_c, name, run_lengths=shared.get(hk),
+                                              **kwargs)
                     results[hk].update({k: float(v) for k, v in values.items()})
             for hk in group:
                 for other in todo:
                     if same_as[other] == same_as[hk]:
                         entries[todo[other]] = dict(results[hk])
     return entries
+
+
+def _lower_zyx(bbox) -> tuple[int, int, int]:
+    """Lower corner (z, y, x) of PyRadiomics' bounding box (x_min, x_max, y_min, y_max, z_min, z_max)."""
+    return tuple(int(v) for v in np.asarray(bbox)[0::2][::-1])
 
 
 def _identical_masks(prepared: dict[str, tuple]) -> dict[str, str]:

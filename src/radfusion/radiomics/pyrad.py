@@ -169,31 +169,35 @@ class Plan:
 
 _PLANS: dict[str, Plan] = {}
 _BIN_MEMO = threading.local()
+#: Binnings the memo keeps per thread: the six habitats of one filtered image, newest first.
+_MEMO_ENTRIES = 8
 
 
 def _memoised_bin_image(real):
     """Wrap PyRadiomics' ``imageoperations.binImage`` so that repeated calls on equal inputs reuse
-    the last result.
+    one of the last ``_MEMO_ENTRIES`` results (the habitats of one filtered image).
 
     Every texture class (and firstorder) bins the same image and mask again in its constructor;
     for a large habitat that is ~20 % of the feature time, mostly Python's builtin ``min``/``max``
-    over the ROI in ``getBinEdges``. The memo holds one entry per thread and is used only when the
-    image, the mask and the binning settings are equal to the last call's (checked each time), so
+    over the ROI in ``getBinEdges``. The memo holds a few entries per thread and is used only when
+    the image, the mask and the binning settings are equal to an entry's (checked each time), so
     results are exactly those of ``binImage`` itself.
     """
 
     def bin_image(parameterMatrix, parameterMatrixCoordinates=None, **kwargs):  # noqa: N803 - PyRadiomics' names
         key = (kwargs.get("binWidth", 25), kwargs.get("binCount"))
-        last = getattr(_BIN_MEMO, "last", None)
+        entries = getattr(_BIN_MEMO, "last", None) or []
         mask = parameterMatrixCoordinates
-        if (last is not None and last[2] == key and isinstance(mask, np.ndarray) and isinstance(last[1], np.ndarray)
-                and last[0].shape == parameterMatrix.shape and last[0].dtype == parameterMatrix.dtype
-                and last[1].shape == mask.shape and np.array_equal(last[1], mask)
-                and np.array_equal(last[0], parameterMatrix)):
-            return last[3].copy(), last[4]
+        if isinstance(mask, np.ndarray):
+            for last in entries:
+                if (last[2] == key and last[0].shape == parameterMatrix.shape
+                        and last[0].dtype == parameterMatrix.dtype and last[1].shape == mask.shape
+                        and np.array_equal(last[1], mask) and np.array_equal(last[0], parameterMatrix)):
+                    return last[3].copy(), last[4]
         matrix, edges = real(parameterMatrix, parameterMatrixCoordinates, **kwargs)
         if isinstance(mask, np.ndarray):
-            _BIN_MEMO.last = (parameterMatrix.copy(), mask.copy(), key, matrix.copy(), edges)
+            entry = (parameterMatrix.copy(), mask.copy(), key, matrix.copy(), edges)
+            _BIN_MEMO.last = [entry, *entries][:_MEMO_ENTRIES]
         return matrix, edges
 
     bin_image.radfusion_memo = True
