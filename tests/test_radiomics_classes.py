@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from radiomics import getFeatureClasses, imageoperations
 
 from helpers.paths import SHARED_DATA
-from radfusion.radiomics.classes import _levels_and_counts, compute_features, fast_feature_classes
+from radfusion.radiomics.classes import _levels_and_counts, compute_features, fast_feature_classes, size_zone_matrix
 from radfusion.radiomics.pyrad import binning_memo, build_extractor, capture_warnings
 
 TOL = 1e-12
@@ -135,3 +135,24 @@ def test_feature_names_are_pyradiomics_own_and_not_shared_between_classes() -> N
         assert fast[name].getFeatureNames() == cls.getFeatureNames()
         fast[name].getFeatureNames()["not a feature"] = True  # a caller's edit does not stick
         assert fast[name].getFeatureNames() == cls.getFeatureNames()
+
+
+def test_size_zone_matrix_equals_pyradiomics_c_call() -> None:
+    """Zones by connected components == PyRadiomics' C region growing, count for count: random
+    grey levels and masks, 3D and flat boxes, one grey level, many small zones."""
+    from radiomics import cMatrices
+
+    rng = np.random.default_rng(7)
+    shapes = [(9, 11, 10), (1, 15, 13), (12, 1, 9), (7, 8, 1), (1, 1, 6), (20, 18, 16)]
+    for trial in range(60):
+        shape = shapes[trial % len(shapes)]
+        n_levels = int(rng.integers(1, 9))
+        binned = rng.integers(1, n_levels + 1, shape)
+        mask = rng.random(shape) < rng.uniform(0.2, 1.0)
+        if not mask.any():
+            mask.flat[0] = True
+        binned = np.where(mask, binned, 0)
+        want = cMatrices.calculate_glszm(binned, mask, n_levels, int(mask.sum()), False, 0)
+        got = size_zone_matrix(binned, mask, n_levels)
+        assert got.shape == want.shape and got.dtype == want.dtype, (trial, got.shape, want.shape)
+        np.testing.assert_array_equal(got, want)
