@@ -101,7 +101,7 @@ class _FirstOrderStats:
         if name not in stats:
             x = self.targetVoxelArray
             if name == "percentiles":
-                stats[name] = dict(zip((10, 25, 75, 90), np.percentile(x, [10, 25, 75, 90], axis=1)))
+                stats[name] = dict(zip((10, 25, 75, 90), np.percentile(x, [10, 25, 75, 90], axis=1), strict=True))
             elif name == "deviation":
                 stats[name] = x - np.mean(x, 1, keepdims=True)
             elif name == "squared deviation":

@@ -108,7 +108,7 @@ def shared_run_lengths(crops: dict[str, tuple[sitk.Image, sitk.Image, tuple[int,
     offsets, n_levels = {}, {}
     offset = 0
     for hk, (binned, mask_arr, lower) in parts.items():
-        where = tuple(slice(s, s + n) for s, n in zip(lower - lows, binned.shape))
+        where = tuple(slice(s, s + n) for s, n in zip(lower - lows, binned.shape, strict=True))
         if union_mask[where][mask_arr].any():
             raise ValueError(f"shared_run_lengths: habitat {hk} overlaps another; only disjoint habitats combine")
         n_levels[hk] = int(binned[mask_arr].max())
@@ -122,7 +122,8 @@ def shared_run_lengths(crops: dict[str, tuple[sitk.Image, sitk.Image, tuple[int,
     for hk, (binned, mask_arr, _) in parts.items():
         p = matrix[:, offsets[hk]:offsets[hk] + n_levels[hk], :int(max(binned.shape)), :].copy()
         if hk not in flat_angles:
-            flat_angles[hk] = [a for a, angle in enumerate(np.asarray(angles)) if not _has_two_on_a_line(mask_arr, angle)]
+            flat_angles[hk] = [a for a, angle in enumerate(np.asarray(angles))
+                               if not _has_two_on_a_line(mask_arr, angle)]
         for a in flat_angles[hk]:
             p[:, :, 0, a] = 0  # PyRadiomics' rule for an angle along which the ROI is flat
         out[hk] = (p, np.asarray(angles))
