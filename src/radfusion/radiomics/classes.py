@@ -11,11 +11,9 @@ kurtosis). The subclasses here change only how those numbers are found, never wh
   the same sorted integers as ``numpy.unique``; the feature names once per class, not per instance;
 - first order, when the ROI holds no NaN (always, for a segment-based extraction of a finite
   image): the mean and the deviations once (cubes and fourth powers as products, not ``pow``),
-  the 10/25/75/90th percentiles in one
-  ``numpy.percentile`` call (the same order statistics and interpolation as ``nanpercentile``),
-  and the robust MAD over the 10-90th percentile voxels directly. A ROI with a NaN, or a
-  voxel-based extraction, goes to PyRadiomics' own code.
-
+  the 10/25/75/90th percentiles in one ``numpy.percentile`` call (the same order statistics and
+  interpolation as ``nanpercentile``), and the robust MAD over the 10-90th percentile voxels
+  directly. A ROI with a NaN, or a voxel-based extraction, goes to PyRadiomics' own code;
 - GLSZM's zones as connected components of equal grey level (scikit-image's ``label``, one pass)
   instead of PyRadiomics' C region growing: the same integer counts, 2-2.5x faster on large habitats;
 - GLRLM, when the engine hands it a matrix computed for several disjoint habitats at once
@@ -24,7 +22,7 @@ kurtosis). The subclasses here change only how those numbers are found, never wh
 Sums taken in a different order can differ in the last bits (≤ 1e-15 relative);
 ``tests/test_radiomics_classes.py`` holds every class to PyRadiomics' within 1e-12 on the
 reference cases and synthetic habitats, and the engine tests hold whole items to ``execute``
-within 1e-9.
+within 1e-9 (``tests/test_radiomics_engine.py``, ``tests/test_radiomics_baseline_engine.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ from radiomics.firstorder import RadiomicsFirstOrder
 from radiomics.glrlm import RadiomicsGLRLM
 from radiomics.glszm import RadiomicsGLSZM
 
-from radfusion.radiomics.runlength import process_run_lengths
+from radfusion.radiomics.runlength import empty_grey_levels, process_run_lengths
 
 __all__ = ["compute_features", "fast_feature_classes", "size_zone_matrix"]
 
@@ -190,9 +188,7 @@ class _ZonesByLabel:
                 or max(self.imageArray.shape) < 2):  # one voxel: PyRadiomics' own error
             return super()._calculateMatrix(voxelCoordinates)
         matrix = size_zone_matrix(self.imageArray, self.maskArray, self.coefficients["Ng"])
-        present = set(int(g) for g in self.coefficients["grayLevels"])
-        empty = np.array(sorted(set(range(1, self.coefficients["Ng"] + 1)) - present), dtype=int)
-        return np.delete(matrix, empty - 1, 1)
+        return np.delete(matrix, empty_grey_levels(self.coefficients) - 1, 1)
 
 
 @functools.lru_cache(maxsize=1)

@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from radiomics import cMatrices, imageoperations
 
-__all__ = ["disjoint_group", "process_run_lengths", "shared_run_lengths"]
+__all__ = ["disjoint_group", "empty_grey_levels", "process_run_lengths", "shared_run_lengths"]
 
 
 def disjoint_group(masks: dict[str, np.ndarray]) -> list[str]:
@@ -130,11 +130,15 @@ def shared_run_lengths(crops: dict[str, tuple[sitk.Image, sitk.Image, tuple[int,
     return out
 
 
+def empty_grey_levels(coefficients: dict) -> np.ndarray:
+    """Grey levels 1..Ng absent from the ROI, as PyRadiomics' texture classes drop them from their matrices."""
+    present = set(int(g) for g in coefficients["grayLevels"])
+    return np.array(sorted(set(range(1, coefficients["Ng"] + 1)) - present), dtype=int)
+
+
 def process_run_lengths(features, matrix: np.ndarray, angles: np.ndarray) -> np.ndarray:
     """PyRadiomics' GLRLM ``_calculateMatrix`` after its C call, on ``matrix`` (restated, same steps)."""
-    present = set(int(g) for g in features.coefficients["grayLevels"])
-    empty = np.array(sorted(set(range(1, features.coefficients["Ng"] + 1)) - present), dtype=int)
-    matrix = np.delete(matrix, empty - 1, 1)
+    matrix = np.delete(matrix, empty_grey_levels(features.coefficients) - 1, 1)
     if features.weightingNorm is not None:
         spacing = np.asarray(features.inputImage.GetSpacing()[::-1])
         norms = {"infinity": lambda d: max(d), "euclidean": lambda d: np.sqrt(np.sum(d ** 2)),
