@@ -11,7 +11,8 @@ Per (subject, sequence) *item*:
 4. compute each filtered image (LoG per sigma, wavelet sub-bands, ...) once, and extract every
    habitat from it with PyRadiomics' own feature classes (``extractor.computeFeatures``, with the
    equal but faster set-up of :mod:`radfusion.radiomics.classes`), cropped to the habitat exactly
-   as ``RadiomicsFeatureExtractor.execute`` crops it;
+   as ``RadiomicsFeatureExtractor.execute`` crops it; the disjoint habitats' run-length matrices
+   come from one shared C call (:mod:`radfusion.radiomics.runlength`);
 5. the first sequence's item also holds the shape features, once per habitat, with
    :func:`radfusion.radiomics.mesh.compute_shape` (PyRadiomics' shape class, its O(n²) diameter
    loop replaced by the same values from convex hulls).
