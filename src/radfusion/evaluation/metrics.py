@@ -46,6 +46,13 @@ def auc_with_ci(labels: np.ndarray, probs: np.ndarray, n_boot: int = 2000, alpha
     return out
 
 
+
+def auc_entries(split: str, target: str, labels, probs, n_boot: int = 2000) -> dict[str, float]:
+    """:func:`auc_with_ci` as metrics.json keys: ``<split>/auc_<target>``, and ``<split>/auc_<target>_ci_low``,
+    ``_ci_high``, ``_n``, ``_n_pos``."""
+    res = auc_with_ci(labels, probs, n_boot=n_boot)
+    return {f"{split}/auc_{target}" if k == "auc" else f"{split}/auc_{target}_{k}": v for k, v in res.items()}
+
 def youden_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
     """Probability threshold maximising sensitivity + specificity − 1 (Youden's J).
 

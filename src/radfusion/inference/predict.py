@@ -34,7 +34,7 @@ from radfusion.cohort.subject import CohortError
 from radfusion.data.dataset import SubjectDataset
 from radfusion.data.prepare import prepare_cohort
 from radfusion.data.targets import marker_labels, survival_table
-from radfusion.evaluation.metrics import auc_with_ci
+from radfusion.evaluation.metrics import auc_entries
 from radfusion.evaluation.plots import plot_roc
 from radfusion.evaluation.survival import harrell_c
 from radfusion.imaging.roi import ROISettings
@@ -251,9 +251,7 @@ def _external_metrics(table: pd.DataFrame, targets: list[str], survival: bool, o
     for name in targets:
         lab = table[f"label_{name}"]
         metrics["unlabelled"][name] = table.loc[lab.isna(), "subject_id"].tolist()
-        res = auc_with_ci(lab.to_numpy(float), table[f"prob_{name}"].to_numpy(float), n_boot=n_boot)
-        for k, v in res.items():
-            metrics[f"{EXTERNAL}/auc_{name}" if k == "auc" else f"{EXTERNAL}/auc_{name}_{k}"] = v
+        metrics.update(auc_entries(EXTERNAL, name, lab.to_numpy(float), table[f"prob_{name}"].to_numpy(float), n_boot))
         if lab.notna().any():
             plot_roc({EXTERNAL: (lab, table[f"prob_{name}"])},
                      out_dir / ("roc.png" if name == targets[0] else f"roc_{name}.png"),

@@ -17,7 +17,7 @@ import pandas as pd
 import pytorch_lightning as pl
 
 from radfusion.data.splits import SPLITS
-from radfusion.evaluation.metrics import auc_with_ci
+from radfusion.evaluation.metrics import auc_entries
 from radfusion.evaluation.plots import plot_roc
 from radfusion.evaluation.survival import harrell_c
 
@@ -68,9 +68,7 @@ def write_run_outputs(out_dir: Path, predictions: pd.DataFrame, targets: list[st
     for name in targets:
         for split in ("val", "test"):
             part = predictions[predictions["split"] == split]
-            res = auc_with_ci(part[f"label_{name}"], part[f"prob_{name}"], n_boot=n_boot)
-            for k, v in res.items():
-                metrics[f"{split}/auc_{name}" if k == "auc" else f"{split}/auc_{name}_{k}"] = v
+            metrics.update(auc_entries(split, name, part[f"label_{name}"], part[f"prob_{name}"], n_boot))
         curves = {s: (predictions.loc[predictions.split == s, f"label_{name}"],
                       predictions.loc[predictions.split == s, f"prob_{name}"]) for s in ("test", "val")}
         plot_roc(curves, out_dir / ("roc.png" if name == targets[0] else f"roc_{name}.png"),
