@@ -75,12 +75,23 @@ def test_third_party_noise_is_dropped_and_counted(caplog):
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning, stacklevel=1)
+            warnings.warn("A worker stopped while some jobs were given to the executor. This can be caused by a too "
+                          "short worker timeout or by a memory leak.", UserWarning, stacklevel=1)
+        shown = []
+        forward = quiet._state["showwarning"]
+        quiet._state["showwarning"] = lambda message, *args, **kw: shown.append(str(message))
+        try:  # any other UserWarning still reaches the user
+            warnings.showwarning(UserWarning("a real problem"), UserWarning, __file__, 1)
+        finally:
+            quiet._state["showwarning"] = forward
+        assert shown == ["a real problem"]
         messages = [r.getMessage() for r in caplog.records]
         assert "GPU available: False, used: False" in messages and "a real alembic problem" in messages
         assert not any("setup plugin" in m or "litlogger" in m for m in messages)
         text = quiet.summary()
         assert text is not None and "2 alembic INFO line(s)" in text and "1 Lightning litlogger tip(s)" in text
         assert "1 torch LeafSpec deprecation warning(s)" in text
+        assert "1 loky worker replacement warning(s)" in text
         assert quiet.summary() is None  # said once
     finally:
         quiet.restore()

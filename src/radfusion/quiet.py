@@ -3,9 +3,10 @@
 Every run used to print seven ``alembic.runtime.plugins`` INFO lines (Optuna's storage imports
 alembic), a ``pykwalify`` "validation.valid" line (PyRadiomics' parameter schema), numexpr's thread
 count, Lightning's litlogger tip and, per trainer stage, torch's ``LeafSpec`` deprecation warning from Lightning's own
-code. None of them is about the user's run. :func:`silence_third_party` drops exactly those records
-(matched by logger name and message, nothing else) and counts them; :func:`summary` says once, at the
-end, what was silenced, so nothing disappears without a trace.
+code; a cold run also printed loky's "A worker stopped ... memory leak" when its memory guard replaced a
+radiomics worker before the ROI tensors. None of them is about the user's run. :func:`silence_third_party`
+drops exactly those records (matched by logger name and message, nothing else) and counts them;
+:func:`summary` says once, at the end, what was silenced, so nothing disappears without a trace.
 
 This module sits beside :mod:`radfusion.cache` and imports no pipeline stage.
 """
@@ -52,6 +53,11 @@ LOGGERS: tuple[str, ...] = ("alembic.runtime.plugins", "alembic.runtime.migratio
 #: Python warnings that are silenced: (summary name, category, message pattern).
 WARNING_RULES: tuple[tuple[str, type[Warning], str], ...] = (
     ("torch LeafSpec deprecation warning(s) (raised inside Lightning)", FutureWarning, r"LeafSpec"),
+    # loky's memory guard: a worker whose memory grew by > 300 MB since its first task (the radiomics
+    # workers, reused for the ROI tensors) exits after sending its result, and loky starts another and
+    # warns. No task is lost; a crashed worker raises TerminatedWorkerError instead.
+    ("loky worker replacement warning(s) (its memory guard; no task lost)", UserWarning,
+     r"A worker stopped while some jobs were given to the executor"),
 )
 
 COUNTS: Counter = Counter()
