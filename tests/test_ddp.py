@@ -88,26 +88,37 @@ def test_gather_outputs_is_the_identity_without_a_process_group():
 
 
 @pytest.mark.slow
-def test_train_cli_ddp_two_cpu_processes(tiny_cohort, shared_cache, tmp_path):
-    """``train.py ... trainer.strategy=ddp trainer.devices=2`` (gloo): survival_hybrid, so the event batch
-    sampler, augmentation and the gathered C-index all run on two ranks; rank 0 writes the run folder."""
-    cmd = [sys.executable, str(ROOT / "train.py"), "experiment=survival_hybrid",
+@pytest.mark.parametrize("experiment", ["survival_hybrid", "idh_deep", "idh_handcrafted"])
+def test_train_cli_ddp_two_cpu_processes(tiny_cohort, shared_cache, tmp_path, experiment):
+    """``train.py ... trainer.strategy=ddp trainer.devices=2`` (gloo) in each mode: survival_hybrid (the
+    event batch sampler, augmentation and the gathered C-index on two ranks), idh_deep and
+    idh_handcrafted (the gathered AUC); rank 0 writes the run folder."""
+    cmd = [sys.executable, str(ROOT / "train.py"), f"experiment={experiment}",
            *tiny_data_overrides(tiny_cohort.parent),
            "~features.params.featureClass", "+features.params.featureClass={shape: null, firstorder: null, glcm: null}",
            f"paths.root_dir={tmp_path}", f"paths.cache_dir={shared_cache}", "logger=csv", "trainer.max_epochs=1",
            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "threads=1", "data.batch_size=4",
-           "model.encoder.block_inplanes=[4,8,8,16]", "+trainer.enable_progress_bar=false", "n_bootstrap=50"]
+           "+trainer.enable_progress_bar=false", "n_bootstrap=50"]
+    if not experiment.endswith("handcrafted"):  # a small CNN where there is one
+        cmd.append("model.encoder.block_inplanes=[4,8,8,16]")
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     (run,) = [p.parent for p in (tmp_path / "runs").rglob("predictions.csv")]
     assert (run / "train_ddp_process_1.log").is_file()  # the second rank ran, in the same run folder
     pred = pd.read_csv(run / "predictions.csv")
     assert pred.subject_id.is_unique and len(pred) == 20
-    # The epoch C-index logged by the module is the C-index of all test subjects (gathered over ranks),
-    # i.e. the one computed independently from predictions.csv, not a per-rank value.
+    # The epoch metric logged by the module is the one of all test subjects (gathered over ranks), i.e.
+    # the one computed independently from predictions.csv, not a per-rank value.
     test = pred[pred.split == "test"]
-    logged = pd.read_csv(run / "csv" / "metrics.csv")["test/cindex"].dropna()
+    metrics = pd.read_csv(run / "csv" / "metrics.csv")
+    if experiment.startswith("survival"):
+        name = "test/cindex"
+        expected = harrell_c(test.os_days.to_numpy(float), test.os_event.to_numpy(float), test.risk.to_numpy(float))
+    else:
+        name = "test/auc_idh"
+        labelled = test[test.label_idh.notna()]
+        expected = roc_auc_score(labelled.label_idh.astype(int), labelled.prob_idh)
+    logged = metrics[name].dropna()
     assert len(logged) == 1
-    expected = harrell_c(test.os_days.to_numpy(float), test.os_event.to_numpy(float), test.risk.to_numpy(float))
     assert float(logged.iloc[0]) == pytest.approx(expected, abs=1e-6)
-    assert json.loads((run / "metrics.json").read_text())["test/cindex"] == pytest.approx(expected)
+    assert json.loads((run / "metrics.json").read_text())[name] == pytest.approx(expected, abs=1e-6)
