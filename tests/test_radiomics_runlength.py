@@ -102,11 +102,24 @@ def test_engine_with_shared_run_lengths_equals_execute(tmp_path: Path, monkeypat
         return out
 
     monkeypatch.setattr(engine, "shared_run_lengths", spy)
+    from radiomics.glrlm import RadiomicsGLRLM
+
+    own_calls: list[int] = []
+    pyradiomics_matrix = RadiomicsGLRLM._calculateMatrix
+
+    def counted(self, *args, **kwargs):  # PyRadiomics' own C call: TC and WT only, not a fallback
+        own_calls.append(1)
+        return pyradiomics_matrix(self, *args, **kwargs)
+
+    monkeypatch.setattr(RadiomicsGLRLM, "_calculateMatrix", counted)
     subject = write_subject(tmp_path, "a", with_et=True)
     settings = FeatureSettings(params=copy.deepcopy(params), habitats=list(ALL_HABITATS), sequences=["t1ce"],
                                crop_padding=3, ring_mm=3.0)
     features, _ = extract_subject(subject, settings)
     assert served and all(s == {"ET", "NCR", "ED", "RING@3mm"} for s in served), served
+    # Per filtered image PyRadiomics' own call ran for TC and WT, and for the one-habitat phantom that
+    # names the feature columns; the four shared habitats used the shared matrix (no silent fallback).
+    assert len(own_calls) == 3 * len(served)
 
     images, seg = load_preprocessed(subject, 1.0, "zscore", 100.0, ["t1ce"])
     seg_arr = sitk.GetArrayFromImage(seg)
