@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 from radiomics import getFeatureClasses, imageoperations
 
-from helpers.paths import SHARED_DATA
+from helpers.paths import reference_cases
 from radfusion.radiomics.classes import _levels_and_counts, compute_features, fast_feature_classes, size_zone_matrix
 from radfusion.radiomics.pyrad import binning_memo, build_extractor, capture_warnings
 
@@ -38,17 +38,7 @@ def _compare(image: sitk.Image, mask: sitk.Image, settings: dict, label: int = 1
     return n
 
 
-def _reference_cases():
-    pyrad = SHARED_DATA / "pyradiomics"
-    for name in ("brain1", "breast1"):
-        if (pyrad / f"{name}_image.nrrd").is_file():
-            yield name, pyrad / f"{name}_image.nrrd", pyrad / f"{name}_label.nrrd"
-    ibsi = SHARED_DATA / "ibsi"
-    if (ibsi / "digital_phantom_image.nii.gz").is_file():
-        yield "ibsi_phantom", ibsi / "digital_phantom_image.nii.gz", ibsi / "digital_phantom_mask.nii.gz"
-
-
-CASES = list(_reference_cases())
+CASES = reference_cases()
 
 
 @pytest.mark.skipif(not CASES, reason="shared PyRadiomics / IBSI data not found (set RADFUSION_SHARED_DATA)")

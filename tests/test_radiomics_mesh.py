@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from radiomics import cShape, imageoperations
 from radiomics.shape import RadiomicsShape
 
-from helpers.paths import SHARED_DATA
+from helpers.paths import reference_cases
 from radfusion.cohort.habitats import peritumoral_ring
 from radfusion.radiomics.mesh import MeshShape, compute_shape, mesh_coefficients
 from radfusion.radiomics.pyrad import build_extractor
@@ -70,17 +70,7 @@ def test_padded_3d_mask_is_required() -> None:
         mesh_coefficients(np.ones((4, 4), dtype=bool), (1.0, 1.0))
 
 
-def _cases():
-    pyrad = SHARED_DATA / "pyradiomics"
-    for name in ("brain1", "breast1"):
-        if (pyrad / f"{name}_image.nrrd").is_file():
-            yield name, pyrad / f"{name}_image.nrrd", pyrad / f"{name}_label.nrrd"
-    ibsi = SHARED_DATA / "ibsi"
-    if (ibsi / "digital_phantom_image.nii.gz").is_file():
-        yield "ibsi_phantom", ibsi / "digital_phantom_image.nii.gz", ibsi / "digital_phantom_mask.nii.gz"
-
-
-CASES = list(_cases())
+CASES = reference_cases()
 
 
 @pytest.mark.skipif(not CASES, reason="shared PyRadiomics / IBSI data not found (set RADFUSION_SHARED_DATA)")
