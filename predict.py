@@ -21,6 +21,9 @@ log = logging.getLogger("radfusion.predict")
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict.yaml")
 def main(cfg: DictConfig) -> None:
+    from radfusion import quiet
+
+    quiet.silence_third_party()  # as train.py: alembic/pykwalify INFO lines dropped, counted in one closing line
     from radfusion.cache import CacheWriteError
     from radfusion.cohort.subject import CohortError
     from radfusion.inference.predict import predict
@@ -31,6 +34,8 @@ def main(cfg: DictConfig) -> None:
     except (BundleError, CohortError, CacheWriteError) as err:
         log.error("%s", err)
         raise SystemExit(f"predict.py: {err}") from None
+    finally:
+        quiet.log_summary(log)
 
 
 def _model_to_bundle(argv: list[str]) -> list[str]:
