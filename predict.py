@@ -15,6 +15,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
+from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 
 log = logging.getLogger("radfusion.predict")
 
@@ -28,12 +29,16 @@ def main(cfg: DictConfig) -> None:
     from radfusion.cohort.subject import CohortError
     from radfusion.inference.predict import predict
     from radfusion.training.bundle import BundleError
+    from radfusion.training.run import missing_setting
 
     try:
         predict(cfg)
     except (BundleError, CohortError, CacheWriteError) as err:
         log.error("%s", err)
         raise SystemExit(f"predict.py: {err}") from None
+    except MissingMandatoryValue as err:  # a `???` in the chosen config, e.g. data=brats without its clinical CSV
+        log.error("%s", missing_setting(err))
+        raise SystemExit(f"predict.py: {missing_setting(err)}") from None
     finally:
         quiet.log_summary(log)
 

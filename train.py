@@ -18,6 +18,7 @@ if os.environ["WANDB_MODE"] in ("offline", "dryrun", "disabled"):
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
+from omegaconf.errors import MissingMandatoryValue  # noqa: E402
 
 import radfusion  # noqa: E402,F401  (registers the config resolvers, --help's experiment list among them)
 
@@ -33,7 +34,7 @@ def main(cfg: DictConfig) -> float | None:
     quiet.silence_third_party()  # before the imports below, whose libraries log as they load (numexpr, alembic)
     from radfusion.cache import CacheWriteError
     from radfusion.cohort.subject import CohortError
-    from radfusion.training.run import optimized_value, run_task, train
+    from radfusion.training.run import missing_setting, optimized_value, run_task, train
 
     try:
         metrics, _ = run_task(train, cfg)
@@ -42,6 +43,9 @@ def main(cfg: DictConfig) -> float | None:
         # from deep inside would only hide it. Logged (train.log) and exit status 1.
         log.error("%s", err)
         raise SystemExit(f"train.py: {err}") from None
+    except MissingMandatoryValue as err:  # a `???` in the chosen config, e.g. data=brats without its clinical CSV
+        log.error("%s", missing_setting(err))
+        raise SystemExit(f"train.py: {missing_setting(err)}") from None
     finally:
         quiet.log_summary(log)
     return optimized_value(metrics, cfg.get("optimized_metric"))

@@ -57,6 +57,14 @@ def _precision(cfg: DictConfig, model, dm, frozen: bool) -> str:
     return precision
 
 
+def missing_setting(err: Exception) -> str:
+    """What to tell the user when the composed config still has a ``???`` (OmegaConf's MissingMandatoryValue)."""
+    key = getattr(err, "full_key", None) or "a required setting"
+    example = "/path/clinical.csv (a CSV with a subject_id column and the labels)" if key.endswith("clinical") \
+        else "<value>"
+    return f"{key} is required by the chosen config and not set: give it on the command line, e.g. {key}={example}"
+
+
 def train(cfg: DictConfig) -> tuple[dict, dict]:
     """Train and test one model; return ``(metrics, objects)``."""
     t0 = time.perf_counter()
