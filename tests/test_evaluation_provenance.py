@@ -250,3 +250,24 @@ def test_runs_labelled_by_targets_and_replicates_by_kind(tmp_path):
     assert replicate_label([load_run(r) for r in folds]) == "k=5 folds" and "(k=5 folds)" in md
     seeds = [write_run(tmp_path / f"s{i}", subjects, "x", "hybrid", i, 1.0, survival=False) for i in (0, 1)]
     assert replicate_label([load_run(r) for r in seeds]) == "k=2 seeds"
+
+
+def test_a_predict_run_is_evaluated_without_the_subjects_the_model_was_fitted_on(tmp_path):
+    """predict.py marks subjects of the model's own training/validation split (seen_in_training):
+    evaluate.py drops them from the external rows, and refuses a run that holds nothing else."""
+    from radfusion.evaluation.run_folders import RunError
+
+    run = tmp_path / "predict"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"validation": "external", "experiment": "idh_hybrid",
+                                                  "mode": "hybrid"}))
+    pred = pd.DataFrame({"subject_id": [f"S{i}" for i in range(6)], "split": "external", "fold": 0, "repeat": 0,
+                         "prob_idh": np.linspace(0.1, 0.9, 6), "label_idh": [0, 1, 0, 1, 0, 1], "site": "A",
+                         "seen_in_training": [True, True, False, False, False, False]})
+    pred.to_csv(run / "predictions.csv", index=False)
+    loaded = load_run(run)
+    assert sorted(loaded.predictions["subject_id"]) == ["S2", "S3", "S4", "S5"]
+    assert set(loaded.predictions["split"]) == {"test"} and "seen_in_training" not in loaded.predictions
+    pred.assign(seen_in_training=True).to_csv(run / "predictions.csv", index=False)
+    with pytest.raises(RunError, match="no external result"):
+        load_run(run)

@@ -73,13 +73,20 @@ def test_predict_reproduces_the_training_run(cfg_factory, tiny_cohort, shared_ca
     score = "risk" if "risk" in trained else "prob_idh"
     np.testing.assert_allclose(applied.loc[trained.index, score], trained[score], rtol=0, atol=1e-6)
     assert metrics["kind"] == "predict" and (out / "manifest.json").is_file()
+    # The run's own train and validation subjects are recognised (hashed ids in the bundle): predicted,
+    # not scored, so the "external" score is the run's test split and nothing it was fitted or selected on.
+    fitted = trained.index[trained["split"].isin(["train", "val"])]
+    assert sorted(applied.index[applied["seen_in_training"]]) == sorted(fitted)
+    assert sorted(metrics["seen_in_training"]) == sorted(fitted) and metrics["n_scored"] == len(trained) - len(fitted)
     if score == "prob_idh":
         assert (out / "roc.png").is_file()
-        labelled = applied["label_idh"].notna()
+        test = applied.loc[trained.index[trained["split"] == "test"]]
+        test = test[test["label_idh"].notna()]
         from sklearn.metrics import roc_auc_score
 
-        assert metrics["external/auc_idh"] == pytest.approx(roc_auc_score(applied.label_idh[labelled],
-                                                                          applied.prob_idh[labelled]))
+        assert metrics["external/auc_idh"] == pytest.approx(roc_auc_score(test.label_idh, test.prob_idh))
+        run_metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["external/auc_idh"] == pytest.approx(run_metrics["test/auc_idh"], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -202,7 +202,13 @@ def load_run(path: Path | str) -> Run:
     pred["run"] = str(path)
     experiment = str(info["experiment"])
     if meta.get("validation") == "external" or (len(pred) and (pred["split"] == "external").all()):
-        # predict.py's subjects are the external test set of the model: evaluated as its test rows
+        # predict.py's subjects are the external test set of the model: evaluated as its test rows,
+        # except those it was fitted or selected on (predict.py marks them seen_in_training)
+        if "seen_in_training" in pred.columns:
+            pred = pred[~pred["seen_in_training"].astype(bool)].drop(columns="seen_in_training").copy()
+            if pred.empty:
+                raise RunError(f"{csv}: every subject was in the model's training or validation split "
+                               "(seen_in_training): there is no external result to evaluate")
         pred["split"] = pred["split"].replace({"external": "test"})
         experiment += EXTERNAL_SUFFIX
     markers = [c.removeprefix("prob_") for c in pred.columns if c.startswith("prob_")]

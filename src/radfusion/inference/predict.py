@@ -39,7 +39,7 @@ from radfusion.evaluation.plots import plot_roc
 from radfusion.evaluation.survival import harrell_c
 from radfusion.imaging.roi import ROISettings
 from radfusion.radiomics.settings import FeatureSettings
-from radfusion.training.bundle import Bundle, BundleError, load_bundle
+from radfusion.training.bundle import Bundle, BundleError, load_bundle, subject_hash
 from radfusion.training.memory_format import batch_to_channels_last, module_to_channels_last
 
 log = logging.getLogger(__name__)
@@ -218,13 +218,26 @@ def predict(cfg: DictConfig) -> dict:
     if survival:
         surv = survival_table(clinical, ids)
         table["os_days"], table["os_event"] = surv["os_days"].to_numpy(), surv["os_event"].to_numpy()
+    seen_hashes = bundle.meta.get("seen_subject_hashes")
+    table["seen_in_training"] = [subject_hash(i) in set(seen_hashes or ()) for i in ids]
+    seen = table.loc[table["seen_in_training"], "subject_id"].tolist()
     table.to_csv(out_dir / "predictions.csv", index=False)
+    if seen_hashes is None:
+        log.warning("this bundle does not record its training subjects (made before radfusion recorded them): "
+                    "whether this cohort overlaps them cannot be checked")
+    elif seen:
+        log.warning("%d of %d subject(s) were in the model's training or validation split: predicted, not scored "
+                    "(a score on them would not be external): %s", len(seen), len(ids),
+                    ", ".join(seen[:10]) + (" ..." if len(seen) > 10 else ""))
 
-    metrics = _external_metrics(table, targets, survival, out_dir, bundle, int(cfg.get("n_bootstrap", 2000)))
+    scored = table[~table["seen_in_training"]]
+    metrics = _external_metrics(scored, targets, survival, out_dir, bundle, int(cfg.get("n_bootstrap", 2000)))
+    metrics["seen_in_training"] = None if seen_hashes is None else seen
     metrics.update(info)
     metrics.update({
         "experiment": bundle["experiment"], "mode": bundle["mode"], "kind": "predict", "validation": "external",
         "bundle": str(bundle.path), "targets": targets, "survival": survival, "n_subjects": {EXTERNAL: len(ids)},
+        "n_scored": len(scored),
         "cohort": {"source": cohort_cfg["source"], "path": str(cohort_cfg.get("path"))},
         "excluded_subjects": dict(prepared.failures), "n_excluded": len(prepared.failures),
         "seconds_total": round(time.perf_counter() - t0, 1),

@@ -23,6 +23,7 @@ See ``docs/bundle.md``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -168,10 +169,19 @@ def write_bundle(run_dir: str | Path, cfg, dm, *, model=None, state_dict: dict |
         "explanation": {"explain": bool(cfg.get("explain", False)), **(_plain(cfg.get("explanation")) or {})},
         "training_sites": sorted(clinical.loc[train_ids, "site"].astype(str).unique().tolist()),
         "n_train": len(train_ids),
+        # Subjects the model was fitted (train) or selected (val, early stopping) on, hashed: predict.py
+        # scores a cohort only on the others, so a run's own subjects never pass for an external result.
+        "seen_subject_hashes": sorted(subject_hash(i) for split in ("train", "val")
+                                      for i in dm.splits.get(split, [])),
         "model": spec, "files": files, "versions": library_versions(),
     }
     atomic_write_text(out / "bundle.json", json.dumps(meta, indent=2, default=str))
     return out
+
+
+def subject_hash(subject_id: str) -> str:
+    """How a bundle records a subject it was fitted or selected on: a short SHA-1 of its id (not the id)."""
+    return hashlib.sha1(str(subject_id).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------ read
